@@ -1,0 +1,1 @@
+"""Vanilla's built-in data sources, registered by ``DatasourcesConfig.ready``."""

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class PubSubConfig(AppConfig):
+    name = "pubsub"
+    verbose_name = "Pub-Sub"

@@ -1,0 +1,127 @@
+"""
+Redis clients and key names shared by everything in Pub-Sub.
+
+There is one synchronous client per process (Celery tasks, the topology runner,
+management commands) and one asynchronous client per event loop (daphne).
+"""
+import asyncio
+import weakref
+
+import redis
+import redis.asyncio
+from django.conf import settings
+
+from .conf import option
+
+_sync_client = None
+_async_clients = weakref.WeakKeyDictionary()
+
+
+def sync_client():
+    global _sync_client
+    if _sync_client is None:
+        _sync_client = redis.Redis.from_url(
+            settings.REDIS_URL,
+            decode_responses=True,
+            health_check_interval=30,
+            socket_keepalive=True,
+        )
+    return _sync_client
+
+
+def async_client():
+    """The asyncio client of the running loop (a pool that waits when full)."""
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
+    if client is None:
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            settings.REDIS_URL,
+            decode_responses=True,
+            max_connections=200,
+            timeout=10,
+            health_check_interval=30,
+        )
+        client = redis.asyncio.Redis(connection_pool=pool)
+        _async_clients[loop] = client
+    return client
+
+
+def reset_clients():
+    """Forget cached clients (tests switch Redis databases between runs)."""
+    global _sync_client
+    _sync_client = None
+    _async_clients.clear()
+
+
+def script(client, text):
+    """A Lua script bound to ``client``; redis-py loads it by sha once."""
+    scripts = client.__dict__.setdefault("_vanilla_scripts", {})
+    bound = scripts.get(text)
+    if bound is None:
+        bound = scripts[text] = client.register_script(text)
+    return bound
+
+
+class Keys:
+    """Names of every Redis key and channel Vanilla uses, under one prefix."""
+
+    def __init__(self, prefix=None):
+        self.prefix = prefix or option("REDIS_PREFIX")
+
+    # Per topic.
+    def seq(self, topic_key):
+        return f"{self.prefix}:seq:{topic_key}"
+
+    def history(self, topic_key):
+        return f"{self.prefix}:history:{topic_key}"
+
+    def channel(self, topic_key):
+        return f"{self.prefix}:pub:{topic_key}"
+
+    def topic_key_of_channel(self, channel):
+        return channel[len(self.prefix) + 5 :]
+
+    # Cluster-wide tables.
+    @property
+    def counts(self):
+        """Hash: topic -> subscriptions over every live process."""
+        return f"{self.prefix}:counts"
+
+    @property
+    def topics(self):
+        """Hash: topic -> JSON {source, params} of every counted topic."""
+        return f"{self.prefix}:topics"
+
+    @property
+    def states(self):
+        """Hash: topic -> SourceState of every running source."""
+        return f"{self.prefix}:states"
+
+    @property
+    def started(self):
+        """Hash: topic -> epoch ms when the source was started."""
+        return f"{self.prefix}:started"
+
+    @property
+    def last_publication(self):
+        """Hash: topic -> epoch ms of the latest publication."""
+        return f"{self.prefix}:last"
+
+    @property
+    def idle(self):
+        """Sorted set: topic -> epoch ms when it stops unless watched again."""
+        return f"{self.prefix}:idle"
+
+    @property
+    def processes(self):
+        """Sorted set: process id -> epoch ms when its lease runs out."""
+        return f"{self.prefix}:processes"
+
+    @property
+    def process_info(self):
+        """Hash: process id -> JSON {host, pid, started, connections}."""
+        return f"{self.prefix}:process-info"
+
+    def process(self, process_id):
+        """Hash: topic -> subscriptions held by one process."""
+        return f"{self.prefix}:process:{process_id}"

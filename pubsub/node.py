@@ -1,0 +1,74 @@
+"""
+This server process's part of the cluster: one hub, one subscription
+registry and one janitor per event loop, shared by all its connections.
+"""
+import asyncio
+import logging
+import weakref
+
+from .hub import Hub
+from .lifecycle import Janitor, start_source
+from .subscriptions import SubscriptionRegistry
+
+logger = logging.getLogger(__name__)
+
+_nodes = weakref.WeakKeyDictionary()
+
+
+class Node:
+    def __init__(self):
+        self.hub = Hub()
+        self.registry = SubscriptionRegistry()
+        self.janitor = Janitor(self.registry)
+        self.connections = set()
+        logger.info("server process %s joined", self.registry.process_id)
+
+    def attach(self, connection):
+        self.connections.add(connection)
+        self.registry.connections = len(self.connections)
+        self.janitor.ensure_running()
+
+    def detach(self, connection):
+        self.connections.discard(connection)
+        self.registry.connections = len(self.connections)
+
+    async def subscribe(self, topic, member, join):
+        """
+        Count one subscription of ``member`` to ``topic``; ``join`` says it is
+        the member's first on that topic, so it must join the hub too. Starts
+        the topic's source when this is the first subscription anywhere.
+        """
+        if join:
+            await self.hub.join(topic.key, member)
+        try:
+            first = await self.registry.add(topic)
+        except BaseException:
+            if join:
+                await self.hub.leave(topic.key, member)
+            raise
+        if first:
+            await start_source(topic)
+
+    async def unsubscribe(self, topic, member, leave):
+        if leave:
+            await self.hub.leave(topic.key, member)
+        await self.registry.remove(topic)
+
+    async def close(self):
+        """Leave the cluster cleanly: uncount everything, stop the janitor."""
+        await self.janitor.stop()
+        await self.registry.close()
+        await self.hub.close()
+
+
+def get_node():
+    loop = asyncio.get_running_loop()
+    node = _nodes.get(loop)
+    if node is None:
+        node = _nodes[loop] = Node()
+    return node
+
+
+def forget_nodes():
+    """Drop every node without cleanup (tests that reset Redis use this)."""
+    _nodes.clear()
