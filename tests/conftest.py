@@ -63,6 +63,7 @@ def processes(request, tmp_path, redis_prefix, vanilla_settings, transactional_d
         VANILLA_STOP_GRACE=str(vanilla_settings["STOP_GRACE"]),
         VANILLA_JANITOR_INTERVAL=str(vanilla_settings["JANITOR_INTERVAL"]),
         VANILLA_LOG_LEVEL="INFO",
+        VANILLA_CELERY_QUEUE=f"{redis_prefix}-tasks",
         PYTHONUNBUFFERED="1",
     )
     group = Processes(env, tmp_path)

@@ -149,6 +149,10 @@ CHANNEL_LAYERS = {
                 {
                     "address": REDIS_URL,
                     "max_connections": env_number("REDIS_MAX_CONNECTIONS", 1000),
+                    # redis-py 8 gives up reading after 5 s by default, the
+                    # same 5 s that channels-redis blocks in BZPOPMIN for:
+                    # without more room an idle consumer dies at random.
+                    "socket_timeout": 30,
                 }
             ],
             "prefix": "vanilla-layer:",
@@ -159,6 +163,8 @@ CHANNEL_LAYERS = {
 }
 
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", REDIS_URL)
+# One queue name per deployment, so that two Vanillas can share a Redis.
+CELERY_TASK_DEFAULT_QUEUE = env("CELERY_QUEUE", "vanilla")
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
