@@ -19,9 +19,14 @@ class Node:
     def __init__(self):
         self.hub = Hub()
         self.registry = SubscriptionRegistry()
+        self.registry.members = self.members
         self.janitor = Janitor(self.registry)
         self.connections = set()
         logger.info("server process %s joined", self.registry.process_id)
+
+    def members(self):
+        """Topic key -> how many of this process's connections watch it."""
+        return {key: len(members) for key, members in self.hub.members.items()}
 
     def attach(self, connection):
         self.connections.add(connection)

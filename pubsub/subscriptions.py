@@ -185,6 +185,8 @@ class SubscriptionRegistry:
         self.local = Counter()
         self.topics = {}
         self.connections = 0
+        # Set by the node: topic key -> local connections on it, for the admin.
+        self.members = dict
         self.started_at = time.time()
         self.registered = False
 
@@ -291,6 +293,7 @@ class SubscriptionRegistry:
                 "started": self.started_at,
                 "connections": self.connections,
                 "subscriptions": sum(self.local.values()),
+                "members": self.members(),
             }
         )
 
