@@ -196,21 +196,17 @@ class SubscriptionRegistry:
         """Count one subscription; True when the caller must start the source."""
         self.local[topic.key] += 1
         self.topics[topic.key] = topic
-        await self._ensure_registered()
-        keys = self.keys
-        total, first = await self._run(
-            ADD,
-            [
-                keys.process(self.process_id),
-                keys.counts,
-                keys.topics,
-                keys.states,
-                keys.started,
-                keys.idle,
-                keys.processes,
-            ],
-            [self.process_id, topic.key, topic_json(topic), now_ms()],
-        )
+        try:
+            await self._ensure_registered()
+            total, first = await self._run(
+                ADD,
+                self._table_keys(),
+                [self.process_id, topic.key, topic_json(topic), now_ms()],
+            )
+        except BaseException:
+            self._uncount(topic.key)
+            self._mark_unsure()
+            raise
         if total == LEASE_LOST:
             return topic.key in await self.restore()
         return bool(first)
@@ -219,40 +215,38 @@ class SubscriptionRegistry:
         """Uncount one subscription; True when nobody in the cluster is left."""
         if self.local[topic.key] <= 0:
             return False
-        self.local[topic.key] -= 1
-        if not self.local[topic.key]:
-            del self.local[topic.key]
-            self.topics.pop(topic.key, None)
+        self._uncount(topic.key)
         keys = self.keys
-        total = await self._run(
-            REMOVE,
-            [keys.process(self.process_id), keys.counts, keys.idle, keys.processes],
-            [self.process_id, topic.key, now_ms(), _grace_ms()],
-        )
+        try:
+            total = await self._run(
+                REMOVE,
+                [keys.process(self.process_id), keys.counts, keys.idle, keys.processes],
+                [self.process_id, topic.key, now_ms(), _grace_ms()],
+            )
+        except BaseException:
+            self._mark_unsure()
+            raise
         if total == LEASE_LOST:
             await self.restore()
             return False
         return total == 0
 
+    def _uncount(self, topic_key):
+        self.local[topic_key] -= 1
+        if self.local[topic_key] <= 0:
+            del self.local[topic_key]
+            self.topics.pop(topic_key, None)
+
+    def _mark_unsure(self):
+        """Redis may or may not hold a change: the next renewal rewrites all."""
+        self.registered = False
+
     async def restore(self, reason="lease lost"):
         """Write this process's whole state again; returns topics to start."""
-        keys = self.keys
         args = [self.process_id, now_ms(), _lease_ms(), _grace_ms()]
         for key, count in self.local.items():
             args += [key, count, topic_json(self.topics[key])]
-        starts = await self._run(
-            RESTORE,
-            [
-                keys.process(self.process_id),
-                keys.counts,
-                keys.topics,
-                keys.states,
-                keys.started,
-                keys.idle,
-                keys.processes,
-            ],
-            args,
-        )
+        starts = await self._run(RESTORE, self._table_keys(), args)
         self.registered = True
         level = logging.WARNING if reason == "lease lost" else logging.DEBUG
         logger.log(
@@ -305,6 +299,19 @@ class SubscriptionRegistry:
         await async_client().zrem(self.keys.processes, self.process_id)
         await async_client().hdel(self.keys.process_info, self.process_id)
         self.registered = False
+
+    def _table_keys(self):
+        """The keys ADD and RESTORE work on, in their KEYS order."""
+        keys = self.keys
+        return [
+            keys.process(self.process_id),
+            keys.counts,
+            keys.topics,
+            keys.states,
+            keys.started,
+            keys.idle,
+            keys.processes,
+        ]
 
     async def _run(self, text, keys, args):
         return await script(async_client(), text)(keys=keys, args=args)

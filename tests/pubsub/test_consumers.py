@@ -304,3 +304,4 @@ async def test_oversized_frame_closes_with_1009(node, settings):
 
     closed = await client.receive_output(timeout=3)
     assert closed == {"type": "websocket.close", "code": 1009}
+    await client.disconnect()
