@@ -1,0 +1,42 @@
+"""The hub's Redis subscription: lost and restored without losing data."""
+import asyncio
+
+import pytest
+
+from pubsub.connection import sync_client
+from pubsub.publishing import apublish
+from pubsub.topics import Topic
+
+from .test_consumers import connect, node, receive, registry, subscribe  # noqa: F401
+
+pytestmark = pytest.mark.integration
+
+
+async def test_publications_lost_in_a_redis_reconnect_are_recovered(node, caplog):
+    """Killing the hub's Redis connection loses no publication: the gap is
+    filled from the history when the next publication reveals it."""
+    client = await connect()
+    await subscribe(client, "a", {"room": "blip"})
+    topic = Topic.of("chat", {"room": "blip", "size": 1})
+    await apublish(topic, 1)
+
+    # Drop every pub/sub connection, as a Redis restart or a network cut would,
+    # and publish while the hub is reconnecting.
+    killed = sync_client().client_kill_filter(_type="pubsub")
+    assert killed >= 1
+    for n in range(2, 6):
+        await apublish(topic, n)
+    await asyncio.sleep(1.5)
+    await apublish(topic, 6)
+
+    seen = []
+    while len(seen) < 6:
+        frame = await receive(client, timeout=5)
+        if frame["op"] == "data":
+            seen.append((frame["seq"], frame["data"]))
+    assert seen == [(n, n) for n in range(1, 7)]
+    assert "filling a gap after seq 1" in caplog.text
+    assert await client.receive_nothing(timeout=0.3) or (
+        (await receive(client))["op"] == "status"
+    )
+    await client.disconnect()
