@@ -305,3 +305,26 @@ async def test_oversized_frame_closes_with_1009(node, settings):
     closed = await client.receive_output(timeout=3)
     assert closed == {"type": "websocket.close", "code": 1009}
     await client.disconnect()
+
+
+async def test_silent_source_turns_stale_then_live_again(node, registry):
+    """Subscribers hear "stale" when a source is silent too long, then "live"."""
+    registry.add(sources.TrackingSource("quiet")).stale_after = 0.5
+    client = await connect()
+    await subscribe(client, "q", source="quiet")
+    topic = Topic.of("quiet", {"room": "lobby", "size": 1})
+
+    await apublish(topic, "tick")
+    states = []
+    while "stale" not in states:
+        frame = await receive(client, timeout=3)
+        if frame["op"] == "status":
+            states.append(frame["state"])
+    await apublish(topic, "tock")
+    while states[-1] != "live":
+        frame = await receive(client, timeout=3)
+        if frame["op"] == "status":
+            states.append(frame["state"])
+
+    assert states == ["live", "stale", "live"]
+    await client.disconnect()
