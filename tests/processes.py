@@ -107,8 +107,9 @@ class Processes:
         self.started.append(process)
         return process
 
-    def daphne(self, name="daphne", extra_env=None, timeout=30):
-        port = free_port()
+    def daphne(self, name="daphne", extra_env=None, timeout=30, port=None):
+        """daphne on ``port``, or on a free one; restart one by passing its port."""
+        port = port or free_port()
         process = self._start(
             name,
             [
