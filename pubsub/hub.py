@@ -26,6 +26,7 @@ class Hub:
         self._pubsub = None
         self._reader = None
         self._wake = asyncio.Event()
+        self._closing = False
 
     # --- membership -----------------------------------------------------------
 
@@ -78,7 +79,7 @@ class Hub:
 
     async def _read(self):
         failures = 0
-        while True:
+        while not self._closing:
             try:
                 if not self._pubsub.subscribed:
                     self._wake.clear()
@@ -118,6 +119,9 @@ class Hub:
                 joined.set_result(None)
 
     async def close(self):
+        # As for the janitor: the flag ends the loop should a Redis call
+        # swallow the cancellation.
+        self._closing = True
         if self._reader is not None:
             self._reader.cancel()
             try:

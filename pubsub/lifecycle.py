@@ -88,6 +88,7 @@ class Janitor:
     def __init__(self, registry):
         self.registry = registry
         self.task = None
+        self.stopping = False
 
     def ensure_running(self):
         if self.task is None or self.task.done():
@@ -96,7 +97,7 @@ class Janitor:
     async def run(self):
         interval = option("JANITOR_INTERVAL")
         failures = 0
-        while True:
+        while not self.stopping:
             try:
                 await self.tick()
                 failures = 0
@@ -149,6 +150,10 @@ class Janitor:
 
     async def stop(self):
         if self.task is not None:
+            # The flag ends the loop even if a library swallowed the
+            # cancellation (a Redis call whose own timeout fired at the same
+            # moment reports it as a TimeoutError).
+            self.stopping = True
             self.task.cancel()
             try:
                 await self.task
