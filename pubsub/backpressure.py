@@ -1,18 +1,57 @@
 """
-Telling a connection when its socket cannot take more.
+What a connection can see and tune of the socket daphne serves it on.
 
 daphne's ASGI ``send`` never waits: whatever a consumer sends is buffered by
-Twisted, without limit, however slowly the client reads. Twisted does report
-a full write buffer to a registered streaming producer, though, and daphne's
-websocket protocol is reachable from the ``send`` it hands to the
-application. ``watch()`` registers such a producer, so that a consumer keeps
-publications in its own bounded outbox while the socket is full, where its
-source's overflow policy applies.
+Twisted, without limit, however slowly the client reads. Twisted does report a
+full write buffer to a registered streaming producer, though. ``watch()``
+registers such a producer, so that a consumer keeps publications in its own
+bounded outbox while the socket is full, where its source's overflow policy
+applies.
+
+Two things stand between a consumer and daphne's websocket protocol:
+
+- Middlewares wrap ``send`` (channels' session middleware does), so only the
+  outermost application sees daphne's own ``send``, a ``functools.partial``
+  over the protocol. ``SocketMiddleware`` notes the protocol in the scope
+  under ``SCOPE_KEY``; it must be the outermost websocket application.
+- daphne upgrades an HTTP connection to a websocket without unregistering
+  Twisted's ``HTTPChannel``, the transport's producer until then, which would
+  stop reading from a client that reads slowly (so its pongs go unread). The
+  stale channel is replaced; any other producer is left alone.
+
+Under another server (or Channels' test communicator) nothing is found and the
+outbox drains at once.
 """
 import functools
 import logging
 
+from twisted.web.http import HTTPChannel
+
 logger = logging.getLogger(__name__)
+
+SCOPE_KEY = "vanilla.socket"
+
+
+class SocketMiddleware:
+    """Outermost ASGI middleware: puts daphne's websocket protocol in the scope."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    async def __call__(self, scope, receive, send):
+        protocol = _protocol_of(send)
+        if protocol is not None:
+            scope = dict(scope, **{SCOPE_KEY: protocol})
+        return await self.inner(scope, receive, send)
+
+
+def _protocol_of(send):
+    if not isinstance(send, functools.partial) or not send.args:
+        return None
+    protocol = send.args[0]
+    if getattr(protocol, "transport", None) is None:
+        return None
+    return protocol
 
 
 class SocketPressure:
@@ -33,22 +72,36 @@ class SocketPressure:
         self.paused = False
 
 
-def watch(send, on_resume):
+def watch(scope, on_resume):
     """
-    Return a SocketPressure for the socket behind ``send``, or None when the
-    server gives no way to see it (then the outbox drains at once).
+    Return a SocketPressure for the socket of ``scope``, or None when the
+    server gives no way to see it.
     """
-    if not isinstance(send, functools.partial) or not send.args:
+    protocol = scope.get(SCOPE_KEY)
+    transport = getattr(protocol, "transport", None)
+    if transport is None or not hasattr(transport, "registerProducer"):
         return None
-    protocol = send.args[0]
-    register = getattr(protocol, "registerProducer", None)
-    if register is None or getattr(protocol, "transport", None) is None:
-        return None
+    if isinstance(getattr(transport, "producer", None), HTTPChannel):
+        transport.unregisterProducer()
     pressure = SocketPressure(on_resume)
     try:
-        register(pressure, True)
+        transport.registerProducer(pressure, True)
     except Exception:
-        # A producer is registered already (not ours): do without.
-        logger.debug("cannot watch the socket of %r", protocol, exc_info=True)
+        # A producer that is not daphne's stale HTTP channel: do without.
+        logger.warning("cannot watch the socket of %r", protocol, exc_info=True)
         return None
     return pressure
+
+
+def limit_message_size(scope, limit):
+    """
+    Make daphne refuse messages over ``limit`` bytes (close 1009) as soon as a
+    frame header announces them, instead of after buffering up to its own
+    limit (1 MiB by default). True if the server could be told.
+    """
+    protocol = scope.get(SCOPE_KEY)
+    if protocol is None or not hasattr(protocol, "maxMessagePayloadSize"):
+        return False
+    protocol.maxMessagePayloadSize = limit
+    protocol.maxFramePayloadSize = limit
+    return True

@@ -11,12 +11,14 @@ reader meets its source's overflow policy instead of growing memory.
 import asyncio
 import json
 import logging
+import math
+import re
 import time
-from collections import Counter, deque
+from collections import Counter
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from . import backpressure
+from . import auth, backpressure
 from .conf import option, source_registry
 from .connection import Keys, async_client
 from .exceptions import (
@@ -26,12 +28,19 @@ from .exceptions import (
     SubscriptionForbidden,
 )
 from .node import get_node
+from .outbox import Outbox
 from .protocol import ClientOp, CloseCode, ErrorCode, ServerOp, SourceState
 from .topics import Topic, canonical_json
 
 logger = logging.getLogger(__name__)
 
+#: Subscription ids: 1 to 128 characters, none of them a control character.
 MAX_ID_LENGTH = 128
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
+#: Longer source names are refused without a lookup.
+MAX_SOURCE_LENGTH = 100
+#: How deeply lists and objects may nest in a frame (the frame is level 1).
+MAX_DEPTH = 32
 DATA_PREFIX = '{"seq":'
 
 
@@ -47,7 +56,16 @@ def seq_of(message):
 class Subscription:
     """One subscription id of one connection."""
 
-    __slots__ = ("id", "id_json", "topic", "source", "last_seq", "pending")
+    __slots__ = (
+        "id",
+        "id_json",
+        "topic",
+        "source",
+        "last_seq",
+        "pending",
+        "announced",
+        "dropped",
+    )
 
     def __init__(self, id, topic, source):
         self.id = id
@@ -57,6 +75,10 @@ class Subscription:
         self.last_seq = 0
         # Live publications that arrive while history is read: (seq, message).
         self.pending = []
+        # Whether the client was told it is subscribed.
+        self.announced = False
+        # Publications the outbox dropped since the client was last told.
+        self.dropped = 0
 
     @property
     def syncing(self):
@@ -94,52 +116,72 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         self.node = get_node()
         self.subscriptions = {}
         self.by_topic = {}
-        self.outbox = deque()
-        self.outbox_limit = option("OUTBOX_SIZE")
-        self.dropped = Counter()
+        self.outbox = Outbox(option("OUTBOX_SIZE"))
         self.errors = Counter()
         self.limiter = RateLimiter(option("RATE_LIMIT"), option("RATE_BURST"))
-        self.violations = 0
+        self.refusals = 0
+        self.last_refusal = 0.0
         self.closing = False
         self.wakeup = asyncio.Event()
         self.writer = None
+        self.pressure = None
+        self.token = self.scope.get(auth.GRANT_KEY)
+        subprotocol = auth.chosen_subprotocol(self.scope)
+
+        # Count the connection before the first await, so that a burst of
+        # connections cannot all pass the check at once.
         if len(self.node.connections) >= option("MAX_CONNECTIONS"):
-            logger.warning(
-                "refused a connection: this process holds %d",
-                len(self.node.connections),
-            )
-            await self.accept()
-            await self.close(code=CloseCode.SERVER_FULL)
+            await self.refuse_full(subprotocol)
             return
-        await self.accept()
         self.node.attach(self)
-        self.pressure = backpressure.watch(self.base_send, self.wakeup.set)
+        backpressure.limit_message_size(self.scope, option("MAX_FRAME_BYTES"))
+        self.pressure = backpressure.watch(self.scope, self.wakeup.set)
         self.writer = asyncio.create_task(self.write_loop())
+        if self.token is not None:
+            auth.token_watch().add(self.token, self)
+        await self.accept(subprotocol)
         logger.debug("connection %s opened", self.channel_name)
+
+    async def refuse_full(self, subprotocol):
+        logger.warning(
+            "refused connection %s: this process holds %d, the maximum",
+            self.channel_name,
+            len(self.node.connections),
+        )
+        self.closing = True
+        await self.accept(subprotocol)
+        await self.close(code=CloseCode.SERVER_FULL)
 
     async def disconnect(self, code):
         if self.writer is None:
             return
         self.writer.cancel()
+        self.closing = True
         self.node.detach(self)
+        if self.token is not None:
+            auth.token_watch().discard(self.token, self)
         subscriptions = list(self.subscriptions.values())
         self.subscriptions.clear()
         self.by_topic.clear()
         for subscription in subscriptions:
-            try:
-                await self.node.unsubscribe(subscription.topic, self, leave=True)
-            except Exception:
-                # The registry restores exact counts from memory on its next
-                # lease renewal; the hub ignores a member it does not hold.
-                logger.warning(
-                    "could not uncount %s on disconnect", subscription.topic.key,
-                    exc_info=True,
-                )
-        if self.errors:
+            await self.uncount(subscription, leave=True)
+        if self.errors or self.outbox.dropped:
             logger.info(
-                "connection %s closed (%s) after errors %s",
-                self.channel_name, code, dict(self.errors),
+                "connection %s closed (%s) after errors %s, %d publications dropped",
+                self.channel_name,
+                code,
+                dict(self.errors),
+                self.outbox.dropped,
             )
+
+    async def revoke(self, reason):
+        """Close at once with 4003: the credentials are no longer valid."""
+        if self.closing:
+            return
+        logger.info("closing %s: %s", self.channel_name, reason)
+        self.closing = True
+        self.outbox.clear()
+        await self.close(code=CloseCode.FORBIDDEN)
 
     # --- inbound frames --------------------------------------------------------
 
@@ -149,35 +191,25 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         if not self.limiter.allow():
             await self.rate_limited()
             return
-        if bytes_data is not None:
+        size = _size(text_data, bytes_data)
+        if size > option("MAX_FRAME_BYTES"):
+            await self.close_too_big(size)
+        elif bytes_data is not None:
             self.reply_error(None, ErrorCode.BAD_FRAME, "binary frames are not accepted")
-            return
-        if len(text_data) * 4 > option("MAX_FRAME_BYTES") and (
-            len(text_data.encode()) > option("MAX_FRAME_BYTES")
-        ):
-            self.note_error(ErrorCode.BAD_FRAME, "frame larger than the limit")
-            self.closing = True
-            await self.close(code=CloseCode.MESSAGE_TOO_BIG)
-            return
+        else:
+            await self.answer(text_data)
+
+    async def answer(self, text):
+        """Handle one text frame; every failure becomes an error frame."""
+        frame = None
         try:
-            frame = self.parse(text_data)
+            frame = parse(text)
             await self.handle(frame)
         except ProtocolError as error:
             self.reply_error(error.id, error.code, error.message)
         except Exception:
-            logger.error("frame failed on %s", self.channel_name, exc_info=True)
-            self.reply_error(None, ErrorCode.INTERNAL, "the server failed on this frame")
-
-    def parse(self, text):
-        try:
-            frame = json.loads(text)
-        except ValueError as exc:
-            raise ProtocolError(f"the frame is not valid JSON: {exc}") from None
-        if not isinstance(frame, dict):
-            raise ProtocolError(
-                f"a frame must be a JSON object, got {type(frame).__name__}"
-            )
-        return frame
+            id = frame.get("id") if isinstance(frame, dict) else None
+            self.fail(id if usable_id(id) else None)
 
     async def handle(self, frame):
         op = frame.get("op")
@@ -188,41 +220,56 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         elif op == ClientOp.PING:
             self.send_frame({"op": ServerOp.PONG})
         else:
+            id = frame.get("id")
             raise ProtocolError(
-                f"unknown op {op!r}; expected one of "
+                f"unknown op {_shown(op)}; expected one of "
                 f"{', '.join(op.value for op in ClientOp)}",
                 code=ErrorCode.UNKNOWN_OP,
-                id=_id_or_none(frame.get("id")),
+                id=id if usable_id(id) else None,
             )
 
     async def rate_limited(self):
-        self.violations += 1
-        if self.violations == 1 or self.violations % 100 == 0:
+        """
+        Drop a frame over the rate limit. The first refusal of a run, and every
+        hundredth, is answered; a run longer than a burst closes with 4050. A
+        second without refusals ends the run.
+        """
+        now = time.monotonic()
+        if now - self.last_refusal > 1.0:
+            self.refusals = 0
+        self.last_refusal = now
+        self.refusals += 1
+        if self.refusals % 100 == 1:
             self.reply_error(
                 None, ErrorCode.RATE_LIMITED, "too many frames; this one was dropped"
             )
-        if self.violations > option("RATE_BURST"):
+        if self.refusals > option("RATE_BURST"):
+            logger.warning("closing %s: rate limited for too long", self.channel_name)
             self.closing = True
             await self.close(code=CloseCode.RATE_LIMITED)
+
+    async def close_too_big(self, size):
+        self.note_error(
+            ErrorCode.BAD_FRAME,
+            f"a frame of {size} bytes is over the limit of "
+            f"{option('MAX_FRAME_BYTES')}",
+        )
+        self.closing = True
+        self.outbox.clear()
+        await self.close(code=CloseCode.MESSAGE_TOO_BIG)
 
     # --- subscribe and unsubscribe ---------------------------------------------
 
     async def subscribe(self, frame):
         id = self.check_id(frame, new=True)
-        name = frame.get("source")
-        params = frame.get("params", {})
-        since = frame.get("since")
-        if since is not None and (type(since) is not int or since < 0):
-            raise ProtocolError(
-                "since must be a non-negative integer seq", code=ErrorCode.BAD_FRAME, id=id
-            )
+        since = self.check_since(frame, id)
         if len(self.subscriptions) >= option("MAX_SUBSCRIPTIONS"):
             raise ProtocolError(
                 f"a connection may hold {option('MAX_SUBSCRIPTIONS')} subscriptions",
                 code=ErrorCode.TOO_MANY_SUBSCRIPTIONS,
                 id=id,
             )
-        source, params = self.resolve(id, name, params)
+        source, params = self.resolve(id, frame.get("source"), frame.get("params", {}))
         topic = Topic.of(source.name, params)
 
         # Count it, join the hub, start the source if nobody watched it.
@@ -237,13 +284,28 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
             raise
 
         # Reply, then what the client missed or the latest value, then live.
-        await self.catch_up(subscription, since, announce=True)
-        logger.debug("%s subscribed %s to %s", self.channel_name, id, topic.key)
+        try:
+            await self.catch_up(subscription, since, announce=True)
+        except Exception:
+            await self.abandon(subscription)
+            raise
+        logger.debug("%s subscribed %r to %s", self.channel_name, id, topic.key)
+
+    def check_since(self, frame, id):
+        since = frame.get("since")
+        if since is not None and (type(since) is not int or not 0 <= since < 2**63):
+            raise ProtocolError(
+                "since must be a non-negative integer seq", code=ErrorCode.BAD_FRAME, id=id
+            )
+        return since
 
     def resolve(self, id, name, params):
-        if not isinstance(name, str):
+        """The source named ``name`` and ``params`` as it normalises them."""
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_SOURCE_LENGTH:
             raise ProtocolError(
-                "source must be a string", code=ErrorCode.UNKNOWN_SOURCE, id=id
+                "source must be the name of a data source",
+                code=ErrorCode.UNKNOWN_SOURCE,
+                id=id,
             )
         try:
             source = source_registry().get(name)
@@ -253,6 +315,9 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
             source.check_access(self.scope.get("user"))
         except SubscriptionForbidden as exc:
             raise ProtocolError(str(exc), code=ErrorCode.FORBIDDEN, id=id) from None
+        return source, self.clean_params(id, source, params)
+
+    def clean_params(self, id, source, params):
         if not isinstance(params, dict):
             raise ProtocolError(
                 "params must be a JSON object", code=ErrorCode.INVALID_PARAMS, id=id
@@ -264,10 +329,12 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
                 id=id,
             )
         try:
-            return source, source.clean_params(params)
+            return source.clean_params(params)
         except InvalidParams as exc:
             raise ProtocolError(
-                f"invalid params for {name}: {exc}", code=ErrorCode.INVALID_PARAMS, id=id
+                f"invalid params for {source.name}: {exc}",
+                code=ErrorCode.INVALID_PARAMS,
+                id=id,
             ) from None
 
     async def unsubscribe(self, frame):
@@ -275,11 +342,33 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         subscription = self.subscriptions.get(id)
         if subscription is None:
             raise ProtocolError(
-                f"no subscription has the id {id!r}", code=ErrorCode.UNKNOWN_ID, id=id
+                f"no subscription has the id {_shown(id)}",
+                code=ErrorCode.UNKNOWN_ID,
+                id=id,
             )
         leave = self.forget(subscription)
         self.send_frame({"op": ServerOp.UNSUBSCRIBED, "id": id})
-        await self.node.unsubscribe(subscription.topic, self, leave=leave)
+        await self.uncount(subscription, leave)
+
+    async def abandon(self, subscription):
+        """Undo a subscribe that failed after it was counted."""
+        leave = self.forget(subscription)
+        if subscription.announced:
+            self.send_frame({"op": ServerOp.UNSUBSCRIBED, "id": subscription.id})
+        await self.uncount(subscription, leave)
+
+    async def uncount(self, subscription, leave):
+        try:
+            await self.node.unsubscribe(subscription.topic, self, leave=leave)
+        except Exception:
+            # The registry restores exact counts from memory on its next
+            # lease renewal; the hub ignores a member it does not hold.
+            logger.warning(
+                "could not uncount %s of %s",
+                subscription.topic.key,
+                self.channel_name,
+                exc_info=True,
+            )
 
     def forget(self, subscription):
         """Drop a subscription locally; True if it was the topic's last here."""
@@ -293,15 +382,15 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
 
     def check_id(self, frame, new):
         id = frame.get("id")
-        if not isinstance(id, str) or not 0 < len(id) <= MAX_ID_LENGTH:
+        if not usable_id(id):
             raise ProtocolError(
-                f"id must be a string of 1 to {MAX_ID_LENGTH} characters",
+                f"id must be a string of 1 to {MAX_ID_LENGTH} characters "
+                "without control characters",
                 code=ErrorCode.INVALID_ID,
-                id=_id_or_none(id),
             )
         if new and id in self.subscriptions:
             raise ProtocolError(
-                f"the id {id!r} is in use by a live subscription",
+                f"the id {_shown(id)} is in use by a live subscription",
                 code=ErrorCode.DUPLICATE_ID,
                 id=id,
             )
@@ -351,6 +440,7 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         if resumed is not None:
             reply["resumed"] = resumed
         self.send_frame(reply)
+        subscription.announced = True
         state = await async_client().hget(Keys().states, topic.key)
         self.send_status(subscription, state or SourceState.STARTING, "")
 
@@ -405,7 +495,7 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         if seq <= subscription.last_seq:
             return
         subscription.last_seq = seq
-        self.enqueue(subscription, subscription.frame(message))
+        self.enqueue(subscription, subscription.frame(message), is_data=True)
 
     def send_status(self, subscription, state, message):
         frame = {
@@ -428,85 +518,153 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
             {"op": ServerOp.ERROR, "id": id, "code": code, "message": message}
         )
 
+    def fail(self, id):
+        """Answer a frame the server failed on; log the first failure in full."""
+        self.errors[ErrorCode.INTERNAL] += 1
+        if self.errors[ErrorCode.INTERNAL] == 1:
+            logger.error("a frame failed on %s", self.channel_name, exc_info=True)
+        self.send_frame(
+            {
+                "op": ServerOp.ERROR,
+                "id": id,
+                "code": ErrorCode.INTERNAL,
+                "message": "the server failed on this frame",
+            }
+        )
+
     def note_error(self, code, message):
         """Log a client's error once per kind, not once per frame of a flood."""
         self.errors[code] += 1
         if self.errors[code] == 1:
-            logger.info(
-                "client error %s on %s: %s", code, self.channel_name, message
-            )
+            logger.info("client error %s on %s: %s", code, self.channel_name, message)
 
-    def enqueue(self, subscription, frame):
-        if len(self.outbox) >= self.outbox_limit and subscription is not None:
-            self.overflow(subscription)
-            if self.closing:
-                return
-        self.outbox.append((subscription, frame))
-        self.wakeup.set()
-
-    def overflow(self, subscription):
-        """The outbox is full: apply the source's overflow policy."""
-        if subscription.source.overflow == "close":
-            if not self.closing:
-                self.closing = True
-                logger.warning(
-                    "closing %s: it reads too slowly for %s",
-                    self.channel_name, subscription.topic.key,
-                )
-                self.outbox.clear()
-                asyncio.create_task(self.close(code=CloseCode.SLOW_READER))
+    def enqueue(self, subscription, text, is_data=False):
+        if self.closing:
             return
-        # Keep only the newest frame per subscription and everything that
-        # is not a publication; tell each subscription how much it lost.
-        kept = {}
-        control = []
-        for owner, frame in self.outbox:
-            if owner is None or not frame.startswith('{"op":"data"'):
-                control.append((owner, frame))
-            else:
-                if owner.id in kept:
-                    self.dropped[owner.id] += 1
-                kept[owner.id] = (owner, frame)
-        if len(control) + len(kept) >= self.outbox_limit:
-            # Nothing to squeeze out: the newest publication replaces the
-            # oldest one queued for the same subscription.
-            self.dropped[subscription.id] += 1
-            kept.pop(subscription.id, None)
+        if self.outbox.put(subscription, text, is_data):
+            self.wakeup.set()
+        else:
+            self.close_slow_reader(subscription)
+
+    def close_slow_reader(self, subscription):
+        """The outbox overflowed where the policy is to close: 4051."""
+        logger.warning(
+            "closing %s: it reads too slowly for %s",
+            self.channel_name,
+            subscription.topic.key if subscription else "its replies",
+        )
+        self.closing = True
         self.outbox.clear()
-        self.outbox.extend(control)
-        self.outbox.extend(kept.values())
-        for id, count in self.dropped.items():
-            self.outbox.append(
-                (
-                    None,
-                    encode(
-                        {
-                            "op": ServerOp.ERROR,
-                            "id": id,
-                            "code": ErrorCode.OVERFLOW,
-                            "message": f"{count} publications were dropped "
-                            "because the connection reads too slowly",
-                            "dropped": count,
-                        }
-                    ),
-                )
-            )
-        if self.dropped:
-            self.note_error(ErrorCode.OVERFLOW, f"dropped {dict(self.dropped)}")
-        self.dropped.clear()
+        self.closer = asyncio.ensure_future(self.close(code=CloseCode.SLOW_READER))
+
+    def overflow_frame(self, subscription):
+        """The error telling a subscription how many publications it lost."""
+        count, subscription.dropped = subscription.dropped, 0
+        self.note_error(ErrorCode.OVERFLOW, f"dropped {count} for {subscription.id!r}")
+        return encode(
+            {
+                "op": ServerOp.ERROR,
+                "id": subscription.id,
+                "code": ErrorCode.OVERFLOW,
+                "message": f"{count} publications were dropped because the "
+                "connection reads too slowly",
+                "dropped": count,
+            }
+        )
 
     async def write_loop(self):
         """Drain the outbox into the socket, pausing while it is full."""
+        try:
+            while True:
+                await self.wakeup.wait()
+                self.wakeup.clear()
+                await self.drain()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.error("writing to %s failed", self.channel_name, exc_info=True)
+            self.closing = True
+            await self.close(code=CloseCode.INTERNAL_ERROR)
+
+    async def drain(self):
         outbox = self.outbox
-        send = self.base_send
         pressure = self.pressure
-        while True:
-            await self.wakeup.wait()
-            self.wakeup.clear()
-            while outbox and not (pressure and pressure.paused):
-                _, frame = outbox.popleft()
-                await send({"type": "websocket.send", "text": frame})
+        while outbox and not (pressure and pressure.paused):
+            subscription, text, is_data = outbox.get()
+            if is_data and subscription.dropped:
+                await self.base_send(
+                    {"type": "websocket.send", "text": self.overflow_frame(subscription)}
+                )
+            await self.base_send({"type": "websocket.send", "text": text})
 
 
-def _id_or_none(value):
-    return value if isinstance(value, str) and len(value) <= MAX_ID_LENGTH else None
+# --- reading frames -------------------------------------------------------------
+
+
+def parse(text):
+    """A client's text frame as a dict, or ProtocolError saying why not."""
+    try:
+        frame = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError:
+        raise ProtocolError("the frame is nested too deeply") from None
+    except ValueError as exc:
+        raise ProtocolError(f"the frame is not valid JSON: {exc}") from None
+    if not isinstance(frame, dict):
+        raise ProtocolError(
+            f"a frame must be a JSON object, got {type(frame).__name__}"
+        )
+    if _depth(frame) > MAX_DEPTH:
+        raise ProtocolError(f"the frame is nested deeper than {MAX_DEPTH} levels")
+    try:
+        encode(frame).encode()
+    except UnicodeEncodeError:
+        raise ProtocolError("the frame has an unpaired surrogate (\\ud800-\\udfff)")
+    return frame
+
+
+def _no_constant(name):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text):
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} is too large a number")
+    return value
+
+
+def _depth(value):
+    """How deeply lists and objects nest in ``value`` (stops past MAX_DEPTH)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack and deepest <= MAX_DEPTH:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = value.values()
+        elif not isinstance(value, list):
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((item, depth + 1) for item in value)
+    return deepest
+
+
+def _size(text, data):
+    if data is not None:
+        return len(data)
+    if len(text) * 4 <= option("MAX_FRAME_BYTES"):
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def usable_id(value):
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_ID_LENGTH
+        and not CONTROL_CHARACTERS.search(value)
+    )
+
+
+def _shown(value):
+    """``value`` for an error message: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:39] + "…"

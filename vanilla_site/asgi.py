@@ -1,6 +1,8 @@
 """
 The ASGI entry point daphne serves: HTTP goes to Django, websockets to
-Pub-Sub after the Origin check and session authentication.
+Pub-Sub through, from the outside in: the socket probe (``pubsub.backpressure``,
+outermost, as it needs daphne's own ``send``), the Origin check, session
+authentication, access-token authentication (``pubsub.auth``).
 """
 import os
 
@@ -11,15 +13,18 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from pubsub.auth import OriginValidator, TokenAuthMiddleware  # noqa: E402
+from pubsub.backpressure import SocketMiddleware  # noqa: E402
 from pubsub.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+        "websocket": SocketMiddleware(
+            OriginValidator.for_allowed_hosts(
+                AuthMiddlewareStack(TokenAuthMiddleware(URLRouter(websocket_urlpatterns)))
+            )
         ),
     }
 )

@@ -52,7 +52,7 @@ def env_list(name, default):
 DEVELOPMENT_SECRET_KEY = "vanilla-development-only-not-secret"
 DEBUG = env_bool("DEBUG", True)
 SECRET_KEY = env("SECRET_KEY", DEVELOPMENT_SECRET_KEY)
-if not DEBUG and SECRET_KEY == DEVELOPMENT_SECRET_KEY:
+if not DEBUG and SECRET_KEY in (DEVELOPMENT_SECRET_KEY, ""):
     raise ImproperlyConfigured(
         "VANILLA_SECRET_KEY must be set when VANILLA_DEBUG is off: "
         "refusing to run in production with the development secret key."
@@ -218,6 +218,11 @@ if not DEBUG:
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = env_bool("HSTS_PRELOAD", False)
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    if not SECURE_HSTS_PRELOAD:
+        # Preloading binds every subdomain to HTTPS for months and cannot be
+        # undone quickly: an operator opts in (VANILLA_HSTS_PRELOAD=1), so
+        # check --deploy is not told to insist on it.
+        SILENCED_SYSTEM_CHECKS = ["security.W021"]
 
 LOGGING = {
     "version": 1,

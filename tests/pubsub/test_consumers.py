@@ -8,70 +8,14 @@ import asyncio
 import json
 
 import pytest
-from channels.testing import WebsocketCommunicator
-
-from pubsub.consumers import SubscriptionConsumer
-from pubsub.node import get_node
 from pubsub.publishing import apublish
 from pubsub.subscriptions import snapshot
 from pubsub.topics import Topic
 
 from . import sources
+from .helpers import connect, receive, receive_until, send, subscribe
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def registry(settings, vanilla_settings):
-    settings.VANILLA = {**settings.VANILLA, "SOURCE_REGISTRY": "tests.pubsub.sources.registry"}
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-    sources.registry.sources.clear()
-    sources.registry.add(sources.TrackingSource("chat"))
-    return sources.registry
-
-
-@pytest.fixture
-async def node(registry):
-    node = get_node()
-    yield node
-    await node.close()
-
-
-async def connect():
-    communicator = WebsocketCommunicator(SubscriptionConsumer.as_asgi(), "/ws/")
-    connected, _ = await communicator.connect()
-    assert connected
-    return communicator
-
-
-async def send(communicator, frame):
-    text = frame if isinstance(frame, str) else json.dumps(frame)
-    await communicator.send_to(text_data=text)
-
-
-async def receive(communicator, timeout=3):
-    return json.loads(await communicator.receive_from(timeout=timeout))
-
-
-async def receive_until(communicator, op, timeout=3):
-    """Frames up to and including the first with ``op``."""
-    frames = []
-    while True:
-        frames.append(await receive(communicator, timeout))
-        if frames[-1]["op"] == op:
-            return frames
-
-
-async def subscribe(communicator, id, params=None, source="chat", **extra):
-    await send(
-        communicator,
-        {"op": "subscribe", "id": id, "source": source, "params": params or {}, **extra},
-    )
-    reply = await receive(communicator)
-    assert reply["op"] == "subscribed", reply
-    status = await receive(communicator)
-    assert status["op"] == "status", status
-    return reply, status
 
 
 async def test_subscribe_replies_with_normalised_params(node):

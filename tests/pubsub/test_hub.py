@@ -7,7 +7,7 @@ from pubsub.connection import sync_client
 from pubsub.publishing import apublish
 from pubsub.topics import Topic
 
-from .test_consumers import connect, node, receive, registry, subscribe  # noqa: F401
+from .helpers import connect, receive, subscribe
 
 pytestmark = pytest.mark.integration
 
