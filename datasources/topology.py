@@ -112,6 +112,7 @@ class TopologyRunner:
         self.retiring = []
         self.unrunnable = {}
         self.watched = {}
+        self.unfed = set()
         self.stopping = threading.Event()
 
     def run(self):
@@ -149,7 +150,13 @@ class TopologyRunner:
     # --- the table ------------------------------------------------------------
 
     def reconcile(self):
-        wanted = Topology.objects.filter(desired_state=Topology.DesiredState.RUNNING)
+        running = Topology.DesiredState.RUNNING
+        # Sources whose every topology an admin stopped, whatever ``only`` says:
+        # their subscribers are told (``tell_subscribers``).
+        desired = set(Topology.objects.values_list("source", "desired_state"))
+        fed = {source for source, state in desired if state == running}
+        self.unfed = {source for source, _ in desired} - fed
+        wanted = Topology.objects.filter(desired_state=running)
         if self.only:
             wanted = wanted.filter(name__in=self.only)
         configs = {row.name: TopologyConfig.of(row) for row in wanted}
@@ -218,6 +225,13 @@ class TopologyRunner:
     def tell_subscribers(self):
         """Watched topics hear when their topology fails and when it recovers."""
         # set_state() tells subscribers of a change only, once.
+        for key, source in self.watched.items():
+            if source in self.unfed:
+                set_state(
+                    key,
+                    SourceState.ERROR,
+                    f"every topology that feeds {source} is stopped",
+                )
         for worker in self.workers.values():
             status = worker.status
             keys = [

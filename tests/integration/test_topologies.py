@@ -20,6 +20,7 @@ from datasources.registry import SourceRegistry
 from datasources.sources.departures import DeparturesParams
 from datasources.topology import TopologyRunner
 from pubsub.connection import Keys, sync_client
+from pubsub.protocol import SourceState
 from pubsub.topics import Topic
 
 from .topology_helpers import (
@@ -155,12 +156,20 @@ def test_admin_actions_reach_the_runner_within_seconds(
     processes, kafka_topics, admin_client
 ):
     """Stop and Start in the admin make a running runner leave and rejoin the
-    topology's consumer group within two seconds, without a restart."""
+    topology's consumer group within two seconds, without a restart; the
+    subscribers of its source hear of the stop, and of the start."""
     topic = kafka_topics.create()
     topology = make_topology(topic)
     runner = start_runner(processes, "runner", topology)
     assert wait_until(lambda: state_of(topology, "runner") == "running", 30)
     assert group_members(topology.group_id) == 1
+    # A watched departures topic, as the first subscriber leaves it.
+    watched = airport_topic("JFK").key
+    states = Keys().states
+    sync_client().hset(states, watched, SourceState.LIVE)
+
+    def heard():
+        return sync_client().hget(states, watched)
     changelist = reverse("admin:datasources_topology_changelist")
 
     # Stop: the runner leaves the group.
@@ -169,6 +178,7 @@ def test_admin_actions_reach_the_runner_within_seconds(
     assert wait_until(lambda: group_members(topology.group_id) == 0, timeout=10)
     left_after = time.monotonic() - asked_at
     assert wait_until(lambda: state_of(topology, "runner") == "stopped", timeout=5)
+    assert wait_until(lambda: heard() == SourceState.ERROR, timeout=5), heard()
 
     # Start: it joins again.
     asked_at = time.monotonic()
@@ -178,6 +188,7 @@ def test_admin_actions_reach_the_runner_within_seconds(
     assert wait_until(lambda: group_members(topology.group_id) == 1, timeout=10)
     joined_after = time.monotonic() - asked_at
     assert wait_until(lambda: state_of(topology, "runner") == "running", timeout=5)
+    assert wait_until(lambda: heard() == SourceState.LIVE, timeout=5), heard()
     assert runner.poll() is None
     assert left_after < 2.5 and joined_after < 2.5
     print(
