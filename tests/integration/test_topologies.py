@@ -447,13 +447,16 @@ def test_broker_outage_errors_stops_and_recovers(
     )
 
 
-def serve_in_thread(topology, registry=None, runner_id="inproc"):
+def serve_in_thread(topology, registry=None, runner_id="inproc", **options):
     """A TopologyRunner for ``topology`` in a thread of this process."""
     runner = TopologyRunner(
         runner_id=runner_id,
         only=[topology.name],
         registry=registry,
-        consumer_options=dict(option.split("=") for option in CONSUMER_OPTIONS),
+        consumer_options={
+            **dict(option.split("=") for option in CONSUMER_OPTIONS),
+            **options,
+        },
     )
     thread = threading.Thread(target=_serve, args=(runner,), daemon=True)
     thread.start()
@@ -550,3 +553,49 @@ def test_on_demand_topology_consumes_only_while_watched(
         f"watched to backlog published: {consumed_after:.1f} s; "
         f"unwatched to out of the group: {left_after:.1f} s"
     )
+
+
+class SlowSource(EchoSource):
+    """An echo source whose every publication takes a quarter of a second."""
+
+    name = "vt_slow"
+
+    def publish(self, topic, data, **extra):
+        time.sleep(0.25)
+        return super().publish(topic, data, **extra)
+
+
+def test_a_slow_runner_keeps_its_place_in_the_group(kafka_topics):
+    """A batch that takes longer to publish than max.poll.interval.ms allows is
+    split between polls: the runner stays in its group the whole time, and
+    publishes each record once, in order."""
+    topic = kafka_topics.create(partitions=1)
+    produce(topic, [good(number) for number in range(40)], partition=0)
+    topology = make_topology(topic, source="vt_slow")
+    registry = SourceRegistry()
+    registry.register(SlowSource())
+    collector = Publications("vt_slow")
+    # 40 records take 10 s to publish; the group drops a member that does not
+    # poll for 6 s (the least Kafka allows beside a 6 s session timeout).
+    runner, thread = serve_in_thread(
+        topology, registry, **{"max.poll.interval.ms": "6000"}
+    )
+    members = []
+    try:
+        deadline = time.monotonic() + 40
+        while len(collector) < 40 and time.monotonic() < deadline:
+            members.append(group_members(topology.group_id))
+            time.sleep(0.5)
+        assert len(collector) == 40, len(collector)
+        time.sleep(1)
+        row = status(topology, "inproc")
+    finally:
+        runner.stop()
+        thread.join(15)
+        collector.close()
+    numbers = [body["data"]["number"] for _, body in collector.items]
+    assert numbers == list(range(40))
+    # Once in, never out (a dropped member would rejoin: 0, then 1 again).
+    joined = members[members.index(1):]
+    assert set(joined) == {1}, members
+    assert row.state == "running" and row.lag == 0, row.__dict__
