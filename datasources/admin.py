@@ -107,7 +107,10 @@ class TopologyAdmin(admin.ModelAdmin):
                 )
             },
         ),
-        ("Publishing", {"fields": ("source", "mode")}),
+        (
+            "Publishing",
+            {"fields": ("source", "mode", "params_map", "payload_fields")},
+        ),
         ("History", {"fields": ("created", "updated"), "classes": ("collapse",)}),
     )
     inlines = [TopologyStatusInline]

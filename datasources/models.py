@@ -91,7 +91,10 @@ class Topology(models.Model):
         "data source",
         max_length=40,
         choices=stream_source_choices,
-        help_text="The stream source whose route() maps each record to topics.",
+        help_text=(
+            "The stream source fed; its route() maps each record to topics "
+            "unless params from the record are set below."
+        ),
     )
     start_from = models.CharField(
         max_length=10,
@@ -104,6 +107,25 @@ class Topology(models.Model):
         ),
     )
     mode = models.CharField(max_length=10, choices=Mode.choices, default=Mode.ON_DEMAND)
+    params_map = models.JSONField(
+        "params from the record",
+        default=dict,
+        blank=True,
+        help_text=(
+            'Each param of the source, as a field of the record\'s JSON value, '
+            'e.g. {"airport": "origin"} or {"airport": "flight.origin"}; "@key" is '
+            "the record's key. Empty: the source's route() maps each record."
+        ),
+    )
+    payload_fields = models.JSONField(
+        "payload fields",
+        default=list,
+        blank=True,
+        help_text=(
+            'With params from the record: the fields to publish, e.g. ["flight", '
+            '"dest"]. Empty publishes the whole value.'
+        ),
+    )
     dead_letter_topic = models.CharField(
         max_length=249,
         blank=True,
@@ -133,6 +155,25 @@ class Topology(models.Model):
             self.group_id = self.default_group_id()
         if self.source:
             self._clean_source()
+        self._clean_mapping()
+
+    def _clean_mapping(self):
+        params, fields = self.params_map, self.payload_fields
+        if not isinstance(params, dict) or not all(
+            isinstance(name, str) and isinstance(path, str) and path
+            for name, path in params.items()
+        ):
+            raise ValidationError(
+                {"params_map": "An object of param names to field names."}
+            )
+        if not isinstance(fields, list) or not all(
+            isinstance(name, str) and name for name in fields
+        ):
+            raise ValidationError({"payload_fields": "A list of field names."})
+        if fields and not params:
+            raise ValidationError(
+                {"payload_fields": "Payload fields need params from the record."}
+            )
 
     def _clean_source(self):
         try:

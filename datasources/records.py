@@ -28,11 +28,49 @@ class PoisonRecord(Exception):
         self.detail = detail
 
 
-def publications(source, message, max_bytes):
-    """``[(Topic, payload)]`` for one record, or PoisonRecord."""
+class RecordMapping:
+    """
+    A topology's own mapping of a record to one publication, used instead of
+    the source's ``route()``: each param is a field of the record's value (a
+    dotted path into nested objects) or its key (``@key``); the payload is the
+    value, or only the listed fields of it.
+    """
+
+    KEY = "@key"
+
+    def __init__(self, params, fields=()):
+        self.params = dict(params)
+        self.fields = tuple(fields)
+
+    def route(self, value, key):
+        if not isinstance(value, dict):
+            raise ValueError("the record's value is not a JSON object")
+        params = {
+            name: key if path == self.KEY else _field(value, path)
+            for name, path in self.params.items()
+        }
+        payload = value
+        if self.fields:
+            payload = {name: value.get(name) for name in self.fields}
+        return [(params, payload)]
+
+
+def _field(value, path):
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise ValueError(f"the record has no field {path!r}")
+        value = value[part]
+    return value
+
+
+def publications(source, message, max_bytes, mapping=None):
+    """
+    ``[(Topic, payload)]`` for one record, or PoisonRecord. ``mapping`` (a
+    RecordMapping), when given, routes the record instead of the source.
+    """
     value, key = decode(message, max_bytes)
     try:
-        routes = source.route(value, key)
+        routes = (mapping or source).route(value, key)
     except ValueError as exc:
         raise PoisonRecord("unroutable", str(exc)) from None
     except Exception as exc:

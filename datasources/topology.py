@@ -45,6 +45,7 @@ from pubsub.protocol import SourceState
 from pubsub.publishing import set_state
 
 from .models import Topology, TopologyStatus
+from .records import RecordMapping
 from .registry import registry as default_registry
 from .topology_worker import TopologyWorker
 
@@ -71,6 +72,8 @@ class TopologyConfig:
     mode: str
     dead_letter_topic: str
     max_record_bytes: int
+    params_map: tuple = ()
+    payload_fields: tuple = ()
 
     @classmethod
     def of(cls, topology):
@@ -84,7 +87,16 @@ class TopologyConfig:
             mode=topology.mode,
             dead_letter_topic=topology.dead_letter_topic,
             max_record_bytes=topology.max_record_bytes,
+            params_map=tuple(sorted((topology.params_map or {}).items())),
+            payload_fields=tuple(topology.payload_fields or ()),
         )
+
+    @property
+    def mapping(self):
+        """The topology's RecordMapping, or None to let the source route."""
+        if not self.params_map:
+            return None
+        return RecordMapping(self.params_map, self.payload_fields)
 
     @property
     def always_on(self):

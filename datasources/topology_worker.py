@@ -85,6 +85,7 @@ class TopologyWorker:
         self.source = source
         self.kafka_config = kafka_config
         self.runner_id = runner_id
+        self.mapping = config.mapping
         self.wanted = threading.Event()
         self.stopping = threading.Event()
         self.thread = threading.Thread(
@@ -193,7 +194,7 @@ class TopologyWorker:
             return True
         try:
             for topic, payload in publications(
-                self.source, message, self.config.max_record_bytes
+                self.source, message, self.config.max_record_bytes, self.mapping
             ):
                 self.source.publish(topic, payload, kafka=coordinates(message))
         except PoisonRecord as poison:

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from datasources.base import StreamSource
-from datasources.records import PoisonRecord, coordinates, publications
+from datasources.records import PoisonRecord, RecordMapping, coordinates, publications
 from datasources.sources.departures import DeparturesParams
 
 
@@ -78,3 +78,33 @@ def test_a_record_of_exactly_the_limit_is_accepted():
     """max_record_bytes is inclusive."""
     record = Record({"airport": "JFK"})
     assert publications(SOURCE, record, len(record.value()))
+
+
+def test_a_topology_mapping_routes_instead_of_the_source():
+    """Params from fields (dotted paths) or the key; payload from listed fields."""
+    record = Record({"flight": {"origin": "LGA", "number": 7}, "dest": "BOS"}, key=b"EWR")
+    nested = RecordMapping({"airport": "flight.origin"}, ["dest"])
+    [(topic, payload)] = publications(SOURCE, record, 1000, nested)
+    assert topic.params == {"airport": "LGA"}
+    assert payload == {"dest": "BOS"}
+
+    by_key = RecordMapping({"airport": "@key"})
+    [(topic, payload)] = publications(SOURCE, record, 1000, by_key)
+    assert topic.params == {"airport": "EWR"}
+    assert payload == {"flight": {"origin": "LGA", "number": 7}, "dest": "BOS"}
+
+
+@pytest.mark.parametrize(
+    "value, reason",
+    [
+        ({"dest": "BOS"}, "unroutable"),
+        ({"flight": "LGA"}, "unroutable"),
+        ([1, 2], "unroutable"),
+        ({"flight": {"origin": "BOS"}}, "invalid_params"),
+    ],
+)
+def test_a_record_the_mapping_cannot_route_is_poison(value, reason):
+    mapping = RecordMapping({"airport": "flight.origin"})
+    with pytest.raises(PoisonRecord) as caught:
+        publications(SOURCE, Record(value), 1000, mapping)
+    assert caught.value.reason == reason

@@ -54,6 +54,37 @@ def test_source_must_be_a_registered_stream_source(source):
     assert "source" in caught.value.message_dict
 
 
+@pytest.mark.parametrize(
+    "fields, field",
+    [
+        ({"params_map": ["origin"]}, "params_map"),
+        ({"params_map": {"airport": ""}}, "params_map"),
+        ({"params_map": {"airport": 3}}, "params_map"),
+        ({"params_map": {"airport": "origin"}, "payload_fields": "flight"}, "payload_fields"),
+        ({"params_map": {"airport": "origin"}, "payload_fields": [""]}, "payload_fields"),
+        ({"payload_fields": ["flight"]}, "payload_fields"),
+    ],
+)
+def test_record_mapping_must_be_names_of_fields(fields, field):
+    with pytest.raises(ValidationError) as caught:
+        topology(**fields).full_clean()
+    assert field in caught.value.message_dict
+
+
+def test_a_record_mapping_reaches_the_runner_s_config():
+    """The runner routes with the mapping when params come from the record."""
+    from datasources.topology import TopologyConfig
+
+    item = topology(params_map={"airport": "origin"}, payload_fields=["flight"])
+    item.full_clean()
+    item.save()
+    mapping = TopologyConfig.of(item).mapping
+    assert mapping.route({"origin": "JFK", "flight": 1, "dest": "BOS"}, "k") == [
+        ({"airport": "JFK"}, {"flight": 1})
+    ]
+    assert TopologyConfig.of(topology(name="plain")).mapping is None
+
+
 def test_start_and_stop_report_whether_anything_changed():
     topology().save()
     assert stop_topology("flights") is True

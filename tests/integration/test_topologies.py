@@ -26,7 +26,6 @@ from pubsub.topics import Topic
 from .topology_helpers import (
     AIRPORTS,
     CONSUMER_OPTIONS,
-    KafkaTopics,
     Publications,
     committed_offsets,
     departures,
@@ -42,13 +41,6 @@ from .topology_helpers import (
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def kafka_topics():
-    topics = KafkaTopics()
-    yield topics
-    topics.delete_all()
 
 
 @pytest.fixture
@@ -587,8 +579,12 @@ def test_a_slow_runner_keeps_its_place_in_the_group(kafka_topics):
             members.append(group_members(topology.group_id))
             time.sleep(0.5)
         assert len(collector) == 40, len(collector)
-        time.sleep(1)
-        row = status(topology, "inproc")
+
+        def settled():
+            row = status(topology, "inproc")
+            return row and row.lag == 0 and row
+
+        row = wait_until(settled, timeout=10) or status(topology, "inproc")
     finally:
         runner.stop()
         thread.join(15)
