@@ -241,7 +241,7 @@ class TopologyRunner:
             if source in self.unfed:
                 set_state(
                     key,
-                    SourceState.ERROR,
+                    SourceState.STOPPED,
                     f"every topology that feeds {source} is stopped",
                 )
         for worker in self.workers.values():
@@ -255,7 +255,8 @@ class TopologyRunner:
                 if status["state"] == TopologyStatus.State.ERROR:
                     set_state(key, SourceState.ERROR, status["last_error"])
                 elif status["state"] == TopologyStatus.State.RUNNING:
-                    set_state(key, SourceState.LIVE, only_if=SourceState.ERROR)
+                    for was in (SourceState.ERROR, SourceState.STOPPED):
+                        set_state(key, SourceState.LIVE, only_if=was)
 
     # --- status ---------------------------------------------------------------
 
