@@ -11,11 +11,10 @@ reader meets its source's overflow policy instead of growing memory.
 import asyncio
 import json
 import logging
-import math
-import re
 import time
 from collections import Counter
 
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from . import auth, backpressure
@@ -27,6 +26,15 @@ from .exceptions import (
     SourceDoesNotExist,
     SubscriptionForbidden,
 )
+from .frames import (
+    MAX_ID_LENGTH,
+    MAX_SOURCE_LENGTH,
+    RateLimiter,
+    frame_size,
+    parse,
+    shown,
+    usable_id,
+)
 from .node import get_node
 from .outbox import Outbox
 from .protocol import ClientOp, CloseCode, ErrorCode, ServerOp, SourceState
@@ -34,13 +42,6 @@ from .topics import Topic, canonical_json
 
 logger = logging.getLogger(__name__)
 
-#: Subscription ids: 1 to 128 characters, none of them a control character.
-MAX_ID_LENGTH = 128
-CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
-#: Longer source names are refused without a lookup.
-MAX_SOURCE_LENGTH = 100
-#: How deeply lists and objects may nest in a frame (the frame is level 1).
-MAX_DEPTH = 32
 DATA_PREFIX = '{"seq":'
 
 
@@ -65,6 +66,8 @@ class Subscription:
         "pending",
         "announced",
         "dropped",
+        "gap_after",
+        "reread",
     )
 
     def __init__(self, id, topic, source):
@@ -73,12 +76,16 @@ class Subscription:
         self.topic = topic
         self.source = source
         self.last_seq = 0
-        # Live publications that arrive while history is read: (seq, message).
+        # Live publications that arrive while history is read: (seq, message),
+        # and whether some were let go, to be read from the history instead.
         self.pending = []
+        self.reread = False
         # Whether the client was told it is subscribed.
         self.announced = False
-        # Publications the outbox dropped since the client was last told.
+        # Publications the outbox dropped since the client was last told, and
+        # the seq just before the first of them (see pubsub.outbox).
         self.dropped = 0
+        self.gap_after = None
 
     @property
     def syncing(self):
@@ -86,25 +93,6 @@ class Subscription:
 
     def frame(self, message):
         return '{"op":"data","id":' + self.id_json + "," + message[1:]
-
-
-class RateLimiter:
-    """A token bucket: ``rate`` frames a second, bursts of ``burst``."""
-
-    def __init__(self, rate, burst):
-        self.rate = rate
-        self.burst = burst
-        self.tokens = float(burst)
-        self.stamp = time.monotonic()
-
-    def allow(self):
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
 
 
 class SubscriptionConsumer(AsyncWebsocketConsumer):
@@ -123,6 +111,9 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         self.last_refusal = 0.0
         self.closing = False
         self.wakeup = asyncio.Event()
+        # Set when the writer has sent frames, for replays waiting for room.
+        self.room = asyncio.Event()
+        self.tasks = set()
         self.writer = None
         self.pressure = None
         self.token = self.scope.get(auth.GRANT_KEY)
@@ -143,11 +134,18 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         logger.debug("connection %s opened", self.channel_name)
 
     async def refuse_full(self, subprotocol):
-        logger.warning(
-            "refused connection %s: this process holds %d, the maximum",
-            self.channel_name,
-            len(self.node.connections),
-        )
+        """
+        Accept only to close with 4052, which tells the client to come back
+        later. A flood of refusals is logged once, when it begins.
+        """
+        if self.node.refuse():
+            logger.warning(
+                "process %s holds %d connections, the maximum: refusing more",
+                self.node.registry.process_id,
+                len(self.node.connections),
+            )
+        else:
+            logger.debug("refused connection %s: the process is full", self.channel_name)
         self.closing = True
         await self.accept(subprotocol)
         await self.close(code=CloseCode.SERVER_FULL)
@@ -156,6 +154,8 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         if self.writer is None:
             return
         self.writer.cancel()
+        for task in list(self.tasks):
+            task.cancel()
         self.closing = True
         self.node.detach(self)
         if self.token is not None:
@@ -167,10 +167,11 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
             await self.uncount(subscription, leave=True)
         if self.errors or self.outbox.dropped:
             logger.info(
-                "connection %s closed (%s) after errors %s, %d publications dropped",
+                "connection %s closed (%s) after errors %s; %d publications dropped",
                 self.channel_name,
                 code,
-                dict(self.errors),
+                ", ".join(f"{kind}: {count}" for kind, count in self.errors.items())
+                or "none",
                 self.outbox.dropped,
             )
 
@@ -191,7 +192,7 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         if not self.limiter.allow():
             await self.rate_limited()
             return
-        size = _size(text_data, bytes_data)
+        size = frame_size(text_data, bytes_data)
         if size > option("MAX_FRAME_BYTES"):
             await self.close_too_big(size)
         elif bytes_data is not None:
@@ -222,7 +223,7 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         else:
             id = frame.get("id")
             raise ProtocolError(
-                f"unknown op {_shown(op)}; expected one of "
+                f"unknown op {shown(op)}; expected one of "
                 f"{', '.join(op.value for op in ClientOp)}",
                 code=ErrorCode.UNKNOWN_OP,
                 id=id if usable_id(id) else None,
@@ -269,7 +270,9 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
                 code=ErrorCode.TOO_MANY_SUBSCRIPTIONS,
                 id=id,
             )
-        source, params = self.resolve(id, frame.get("source"), frame.get("params", {}))
+        source, params = await self.resolve(
+            id, frame.get("source"), frame.get("params", {})
+        )
         topic = Topic.of(source.name, params)
 
         # Count it, join the hub, start the source if nobody watched it.
@@ -299,7 +302,7 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
             )
         return since
 
-    def resolve(self, id, name, params):
+    async def resolve(self, id, name, params):
         """The source named ``name`` and ``params`` as it normalises them."""
         if not isinstance(name, str) or not 0 < len(name) <= MAX_SOURCE_LENGTH:
             raise ProtocolError(
@@ -312,7 +315,8 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         except SourceDoesNotExist as exc:
             raise ProtocolError(str(exc), code=ErrorCode.UNKNOWN_SOURCE, id=id) from None
         try:
-            source.check_access(self.scope.get("user"))
+            # Permission checks read the database.
+            await database_sync_to_async(source.check_access)(self.scope.get("user"))
         except SubscriptionForbidden as exc:
             raise ProtocolError(str(exc), code=ErrorCode.FORBIDDEN, id=id) from None
         return source, self.clean_params(id, source, params)
@@ -342,7 +346,7 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         subscription = self.subscriptions.get(id)
         if subscription is None:
             raise ProtocolError(
-                f"no subscription has the id {_shown(id)}",
+                f"no subscription has the id {shown(id)}",
                 code=ErrorCode.UNKNOWN_ID,
                 id=id,
             )
@@ -373,6 +377,7 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
     def forget(self, subscription):
         """Drop a subscription locally; True if it was the topic's last here."""
         self.subscriptions.pop(subscription.id, None)
+        self.outbox.take_gap(subscription)
         siblings = self.by_topic.get(subscription.topic.key, {})
         siblings.pop(subscription.id, None)
         if siblings:
@@ -390,7 +395,7 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
             )
         if new and id in self.subscriptions:
             raise ProtocolError(
-                f"the id {_shown(id)} is in use by a live subscription",
+                f"the id {shown(id)} is in use by a live subscription",
                 code=ErrorCode.DUPLICATE_ID,
                 id=id,
             )
@@ -404,9 +409,15 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         history (or the latest publication when ``since`` is None or the
         history does not reach back that far), then release the live
         publications that arrived meanwhile, without gap or duplicate.
+
+        History goes out a page at a time. A page that fills up continues in
+        ``replay()``, a task that waits for room in the outbox between pages,
+        so that a long resume neither overflows a reader that keeps up nor
+        holds up the frames the client sends meanwhile.
         """
         key = Keys().history(subscription.topic.key)
         client = async_client()
+        page = self.replay_page()
         resumed = None
         if since is None:
             entries = await client.xrevrange(key, count=1)
@@ -417,17 +428,77 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
             oldest_seq = int(oldest[0][0].split("-")[0]) if oldest else 1
             resumed = oldest_seq <= since + 1 and since <= newest_seq
             if resumed:
-                entries = await client.xrange(key, min=f"{since + 1}-0")
+                entries = await client.xrange(key, min=f"{since + 1}-0", count=page)
                 subscription.last_seq = since
             else:
                 entries = newest
         if announce:
             await self.announce(subscription, resumed)
+        self.deliver_history(subscription, entries)
+        if subscription.reread or (resumed and len(entries) == page):
+            self.spawn(self.replay(subscription, key))
+        else:
+            self.go_live(subscription)
+
+    async def replay(self, subscription, key):
+        """The rest of a subscription's history, a page at a time, then live."""
+        page = self.replay_page()
+        try:
+            while True:
+                await self.room_for(page)
+                if not self.holds(subscription):
+                    return
+                # What arrived live so far is in the history, read next.
+                subscription.pending = [
+                    (seq, message) for seq, message in subscription.pending if seq is None
+                ]
+                subscription.reread = False
+                after = subscription.last_seq
+                entries = await async_client().xrange(key, min=f"{after + 1}-0", count=page)
+                if not self.holds(subscription):
+                    return
+                if entries and seq_of(entries[0][1]["m"]) > after + 1:
+                    # The history was trimmed while the client read slowly.
+                    self.outbox.count_drop(
+                        subscription, after + 1, seq_of(entries[0][1]["m"]) - after - 1
+                    )
+                self.deliver_history(subscription, entries)
+                if len(entries) < page and not subscription.reread:
+                    break
+            self.go_live(subscription)
+        except Exception:
+            if self.holds(subscription):
+                await self.abandon(subscription)
+                self.fail(subscription.id)
+
+    def deliver_history(self, subscription, entries):
         for _, fields in entries:
             self.deliver_one(subscription, seq_of(fields["m"]), fields["m"])
+
+    def go_live(self, subscription):
+        """Deliver what arrived during the catch-up; from now on, as it comes."""
         pending, subscription.pending = subscription.pending, None
         for seq, message in pending:
             self.deliver_one(subscription, seq, message)
+
+    def replay_page(self):
+        return max(1, self.outbox.limit // 4)
+
+    async def room_for(self, count):
+        """Wait until the outbox has room for ``count`` more frames."""
+        while len(self.outbox) + count > self.outbox.limit and not self.closing:
+            self.room.clear()
+            await self.room.wait()
+
+    def holds(self, subscription):
+        """Whether ``subscription`` is still live on this connection."""
+        return not self.closing and self.subscriptions.get(subscription.id) is subscription
+
+    def spawn(self, coroutine):
+        """Run ``coroutine`` as a task that ends with the connection."""
+        task = asyncio.create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     async def announce(self, subscription, resumed):
         topic = subscription.topic
@@ -461,14 +532,24 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         seq = seq_of(message)
         for subscription in siblings.values():
             if subscription.syncing:
-                subscription.pending.append((seq, message))
+                self.hold(subscription, seq, message)
             elif seq > subscription.last_seq + 1 and subscription.last_seq:
                 # Publications went missing between Redis and this process
                 # (a reconnect): fetch them from the history first.
                 subscription.pending = [(seq, message)]
-                asyncio.create_task(self.fill_gap(subscription))
+                self.spawn(self.fill_gap(subscription))
             else:
                 self.deliver_one(subscription, seq, message)
+
+    def hold(self, subscription, seq, message):
+        """
+        Keep a live publication until the catch-up is done, at most an
+        outbox's worth: beyond that, it is read from the history again.
+        """
+        if len(subscription.pending) < self.outbox.limit:
+            subscription.pending.append((seq, message))
+        else:
+            subscription.reread = True
 
     async def fill_gap(self, subscription):
         logger.info(
@@ -495,7 +576,7 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         if seq <= subscription.last_seq:
             return
         subscription.last_seq = seq
-        self.enqueue(subscription, subscription.frame(message), is_data=True)
+        self.enqueue(subscription, subscription.frame(message), seq)
 
     def send_status(self, subscription, state, message):
         frame = {
@@ -538,10 +619,10 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         if self.errors[code] == 1:
             logger.info("client error %s on %s: %s", code, self.channel_name, message)
 
-    def enqueue(self, subscription, text, is_data=False):
+    def enqueue(self, subscription, text, seq=None):
         if self.closing:
             return
-        if self.outbox.put(subscription, text, is_data):
+        if self.outbox.put(subscription, text, seq):
             self.wakeup.set()
         else:
             self.close_slow_reader(subscription)
@@ -557,18 +638,22 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         self.outbox.clear()
         self.closer = asyncio.ensure_future(self.close(code=CloseCode.SLOW_READER))
 
-    def overflow_frame(self, subscription):
-        """The error telling a subscription how many publications it lost."""
-        count, subscription.dropped = subscription.dropped, 0
-        self.note_error(ErrorCode.OVERFLOW, f"dropped {count} for {subscription.id!r}")
+    def overflow_frame(self, subscription, dropped, last_seq):
+        """
+        The error telling a subscription that ``dropped`` publications after
+        seq ``last_seq`` were lost; subscribing again with that ``since``
+        brings them back from the topic's history.
+        """
+        self.note_error(ErrorCode.OVERFLOW, f"dropped {dropped} for {subscription.id!r}")
         return encode(
             {
                 "op": ServerOp.ERROR,
                 "id": subscription.id,
                 "code": ErrorCode.OVERFLOW,
-                "message": f"{count} publications were dropped because the "
-                "connection reads too slowly",
-                "dropped": count,
+                "message": f"{dropped} publications after seq {last_seq} were "
+                "dropped because the connection reads too slowly",
+                "dropped": dropped,
+                "last_seq": last_seq,
             }
         )
 
@@ -587,84 +672,25 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
             await self.close(code=CloseCode.INTERNAL_ERROR)
 
     async def drain(self):
+        """Send queued frames until the outbox is empty or the socket is full."""
         outbox = self.outbox
         pressure = self.pressure
         while outbox and not (pressure and pressure.paused):
-            subscription, text, is_data = outbox.get()
-            if is_data and subscription.dropped:
-                await self.base_send(
-                    {"type": "websocket.send", "text": self.overflow_frame(subscription)}
-                )
-            await self.base_send({"type": "websocket.send", "text": text})
+            subscription, text, seq = outbox.get()
+            if seq is not None:
+                await self.tell_gap(subscription)
+            await self.send_text(text)
+        self.room.set()
+        if not outbox:
+            # Subscriptions that lost every publication they had queued.
+            for subscription in list(outbox.gaps):
+                await self.tell_gap(subscription)
 
+    async def tell_gap(self, subscription):
+        """Send the overflow error of a subscription that lost publications."""
+        gap = self.outbox.take_gap(subscription)
+        if gap is not None:
+            await self.send_text(self.overflow_frame(subscription, *gap))
 
-# --- reading frames -------------------------------------------------------------
-
-
-def parse(text):
-    """A client's text frame as a dict, or ProtocolError saying why not."""
-    try:
-        frame = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
-    except RecursionError:
-        raise ProtocolError("the frame is nested too deeply") from None
-    except ValueError as exc:
-        raise ProtocolError(f"the frame is not valid JSON: {exc}") from None
-    if not isinstance(frame, dict):
-        raise ProtocolError(
-            f"a frame must be a JSON object, got {type(frame).__name__}"
-        )
-    if _depth(frame) > MAX_DEPTH:
-        raise ProtocolError(f"the frame is nested deeper than {MAX_DEPTH} levels")
-    try:
-        encode(frame).encode()
-    except UnicodeEncodeError:
-        raise ProtocolError("the frame has an unpaired surrogate (\\ud800-\\udfff)")
-    return frame
-
-
-def _no_constant(name):
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _finite(text):
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text[:20]} is too large a number")
-    return value
-
-
-def _depth(value):
-    """How deeply lists and objects nest in ``value`` (stops past MAX_DEPTH)."""
-    deepest = 0
-    stack = [(value, 1)]
-    while stack and deepest <= MAX_DEPTH:
-        value, depth = stack.pop()
-        if isinstance(value, dict):
-            value = value.values()
-        elif not isinstance(value, list):
-            continue
-        deepest = max(deepest, depth)
-        stack.extend((item, depth + 1) for item in value)
-    return deepest
-
-
-def _size(text, data):
-    if data is not None:
-        return len(data)
-    if len(text) * 4 <= option("MAX_FRAME_BYTES"):
-        return len(text)
-    return len(text.encode("utf-8", "surrogatepass"))
-
-
-def usable_id(value):
-    return (
-        isinstance(value, str)
-        and 0 < len(value) <= MAX_ID_LENGTH
-        and not CONTROL_CHARACTERS.search(value)
-    )
-
-
-def _shown(value):
-    """``value`` for an error message: its repr, cut short."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:39] + "…"
+    async def send_text(self, text):
+        await self.base_send({"type": "websocket.send", "text": text})
