@@ -315,11 +315,22 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         except SourceDoesNotExist as exc:
             raise ProtocolError(str(exc), code=ErrorCode.UNKNOWN_SOURCE, id=id) from None
         try:
-            # Permission checks read the database.
-            await database_sync_to_async(source.check_access)(self.scope.get("user"))
+            await self.check_access(source)
         except SubscriptionForbidden as exc:
             raise ProtocolError(str(exc), code=ErrorCode.FORBIDDEN, id=id) from None
         return source, self.clean_params(id, source, params)
+
+    async def check_access(self, source):
+        """
+        Raise SubscriptionForbidden unless this connection's user may subscribe
+        to ``source``. Only a check for a named permission reads the database
+        (once per user and connection), so only that one leaves the event loop.
+        """
+        user = self.scope.get("user")
+        if getattr(source, "permission", None) in (None, "authenticated"):
+            source.check_access(user)
+        else:
+            await database_sync_to_async(source.check_access)(user)
 
     def clean_params(self, id, source, params):
         if not isinstance(params, dict):
