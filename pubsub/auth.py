@@ -94,7 +94,8 @@ async def refuse(scope, receive, send, code):
         return
     subprotocol = chosen_subprotocol(scope)
     await send({"type": "websocket.accept", "subprotocol": subprotocol})
-    await send({"type": "websocket.close", "code": code})
+    # A plain int: autobahn refuses an IntEnum (see SubscriptionConsumer.close).
+    await send({"type": "websocket.close", "code": int(code)})
     while message["type"] != "websocket.disconnect":
         message = await receive()
 

@@ -43,6 +43,9 @@ from .topics import Topic, canonical_json
 logger = logging.getLogger(__name__)
 
 DATA_PREFIX = '{"seq":'
+#: Seconds a slow reader has to reach the close frame (4051) before its TCP
+#: connection is dropped.
+SLOW_READER_LINGER = 10.0
 
 
 def encode(frame):
@@ -174,6 +177,11 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
                 or "none",
                 self.outbox.dropped,
             )
+
+    async def close(self, code=None, reason=None):
+        # autobahn, daphne's websocket library, refuses an IntEnum close code
+        # (it checks for exactly int) and fails the connection with 1011.
+        await super().close(code=None if code is None else int(code), reason=reason)
 
     async def revoke(self, reason):
         """Close at once with 4003: the credentials are no longer valid."""
@@ -647,6 +655,8 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         )
         self.closing = True
         self.outbox.clear()
+        # The close frame queues behind what the socket already holds.
+        backpressure.linger_on_close(self.scope, SLOW_READER_LINGER)
         self.closer = asyncio.ensure_future(self.close(code=CloseCode.SLOW_READER))
 
     def overflow_frame(self, subscription, dropped, last_seq):

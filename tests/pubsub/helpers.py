@@ -30,7 +30,10 @@ async def closed_with(communicator, timeout=3):
     while True:
         message = await communicator.receive_output(timeout)
         if message["type"] == "websocket.close":
-            return message.get("code", 1000)
+            code = message.get("code", 1000)
+            # daphne's websocket library takes nothing but a plain int.
+            assert type(code) is int, f"close code {code!r} is not a plain int"
+            return code
 
 
 async def receive(communicator, timeout=3):

@@ -17,29 +17,18 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 from django.utils import timezone
 
-from datasources.base import StreamSource
 from pubsub import auth
 from pubsub.exceptions import SubscriptionForbidden
 from pubsub.models import AccessToken, digest_of
 from vanilla_site.asgi import application
 
+from ..guarded_sources import GuardedStream
 from .helpers import closed_with, connect, receive, send, subscribe
 
 # Session and token middleware read the database on every connection.
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 SITE = (b"origin", b"http://127.0.0.1:8000")
-
-
-class Guarded(StreamSource):
-    """A source behind a permission; Kafka never feeds it in these tests."""
-
-    def __init__(self, name, permission):
-        self.name = name
-        self.permission = permission
-
-    def route(self, value, key):
-        return []
 
 
 @pytest.fixture(autouse=True)
@@ -57,7 +46,7 @@ def guarded(registry):
         ("members", "authenticated"),
         ("staff", "pubsub.view_accesstoken"),
     ]:
-        registry.add(Guarded(name, permission))
+        registry.add(GuardedStream(name, permission))
     return registry
 
 
@@ -156,9 +145,9 @@ async def test_allowed_origins_and_non_browsers_are_served(node, headers):
 
 def test_a_source_declares_who_may_subscribe(users):
     """None: anyone; "authenticated": signed-in users; else a permission."""
-    anyone = Guarded("open", None)
-    members = Guarded("members", "authenticated")
-    staff = Guarded("staff", "pubsub.view_accesstoken")
+    anyone = GuardedStream("open", None)
+    members = GuardedStream("members", "authenticated")
+    staff = GuardedStream("staff", "pubsub.view_accesstoken")
 
     for user in (None, AnonymousUser(), users.plain, users.staff):
         anyone.check_access(user)
