@@ -51,19 +51,26 @@ class RawClient:
 
     # --- sending ---
 
-    def send_frame(self, opcode, payload, announced=None):
-        """One masked frame; ``announced`` overrides the length in its header."""
+    def send_frame(self, opcode, payload, announced=None, masked=True):
+        """
+        One frame, masked as clients must unless ``masked`` is false;
+        ``announced`` overrides the length in its header.
+        """
         length = len(payload) if announced is None else announced
+        bit = 0x80 if masked else 0
         head = bytes([0x80 | opcode])
         if length < 126:
-            head += bytes([0x80 | length])
+            head += bytes([bit | length])
         elif length < 2**16:
-            head += bytes([0x80 | 126]) + struct.pack("!H", length)
+            head += bytes([bit | 126]) + struct.pack("!H", length)
         else:
-            head += bytes([0x80 | 127]) + struct.pack("!Q", length)
+            head += bytes([bit | 127]) + struct.pack("!Q", length)
+        if not masked:
+            self.sock.sendall(head + payload)
+            return
         mask = os.urandom(4)
-        masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
-        self.sock.sendall(head + mask + masked)
+        body = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+        self.sock.sendall(head + mask + body)
 
     def send_json(self, frame):
         self.send_frame(TEXT, json.dumps(frame).encode())

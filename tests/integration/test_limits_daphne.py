@@ -106,17 +106,25 @@ def test_daphne_closes_a_frame_over_64_kib_with_1009_from_its_header(server):
     client.close()
 
 
-def test_invalid_utf8_closes_with_1007_and_binary_gets_bad_frame(server):
-    """Text that is not UTF-8 is a protocol error of websockets; binary is ours."""
+def test_broken_websocket_frames_close_with_their_code(server):
+    """
+    Binary frames are answered (bad_frame); text that is not UTF-8 closes
+    with 1007 and an unmasked frame with 1002, not by dropping the TCP
+    connection.
+    """
     client = RawClient(server.port)
     client.send_frame(BINARY, b"\x00\xff binary")
     frames, code = client.messages(quiet=1)
     assert code is None and frames[0]["code"] == "bad_frame"
 
     client.send_frame(TEXT, b'{"op":"ping","x":"\xff\xfe"}')
-
     assert client.messages(quiet=5)[1] == 1007
-    client.close()
+
+    unmasked = RawClient(server.port)
+    unmasked.send_frame(TEXT, b'{"op":"ping"}', masked=False)
+    assert unmasked.messages(quiet=5)[1] == 1002
+    for each in (client, unmasked):
+        each.close()
 
 
 # --- slow readers ---------------------------------------------------------------
