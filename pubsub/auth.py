@@ -206,7 +206,8 @@ class TokenAuthMiddleware(BaseMiddleware):
 
 
 def valid_token_ids(ids):
-    return set(AccessToken.objects.valid().filter(pk__in=ids).values_list("pk", flat=True))
+    valid = AccessToken.objects.valid().filter(pk__in=ids)
+    return set(valid.values_list("pk", flat=True))
 
 
 class TokenWatch:

@@ -42,7 +42,7 @@ class Outbox:
         return len(self.frames)
 
     def put(self, subscription, text, seq=None):
-        """Queue a frame; False when it cannot be queued and the connection must close."""
+        """Queue a frame; False if it cannot be, and the connection must close."""
         if len(self.frames) < self.limit:
             self.frames.append((subscription, text, seq))
             return True

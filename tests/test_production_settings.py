@@ -26,7 +26,11 @@ PRODUCTION = {
 
 def run(argv, **env):
     """Run ``argv`` from the project root with only ``env`` set of Vanilla's."""
-    clean = {name: value for name, value in os.environ.items() if not name.startswith("VANILLA_")}
+    clean = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("VANILLA_")
+    }
     clean["DJANGO_SETTINGS_MODULE"] = "vanilla_site.settings"
     return subprocess.run(
         argv, cwd=ROOT, env={**clean, **env}, capture_output=True, text=True, timeout=60
@@ -48,7 +52,10 @@ def test_production_settings_pass_check_deploy():
 def test_check_deploy_catches_a_weak_secret_key():
     """The check is not silenced: a short key fails it."""
     result = manage(
-        "check", "--deploy", "--fail-level", "WARNING",
+        "check",
+        "--deploy",
+        "--fail-level",
+        "WARNING",
         **{**PRODUCTION, "VANILLA_SECRET_KEY": "short"},
     )
 
@@ -59,14 +66,20 @@ def test_check_deploy_catches_a_weak_secret_key():
     "key", [DEVELOPMENT_SECRET_KEY, "", None], ids=["development key", "empty", "unset"]
 )
 def test_production_refuses_to_start_without_its_own_secret_key(key):
-    env = {name: value for name, value in PRODUCTION.items() if name != "VANILLA_SECRET_KEY"}
+    env = {
+        name: value
+        for name, value in PRODUCTION.items()
+        if name != "VANILLA_SECRET_KEY"
+    }
     if key is not None:
         env["VANILLA_SECRET_KEY"] = key
 
     result = manage("check", **env)
 
     assert result.returncode != 0
-    assert "refusing to run in production with the development secret key" in result.stderr
+    assert (
+        "refusing to run in production with the development secret key" in result.stderr
+    )
 
 
 def test_daphne_refuses_to_start_with_the_development_key():
@@ -74,8 +87,16 @@ def test_daphne_refuses_to_start_with_the_development_key():
     env = {"VANILLA_DEBUG": "0", "VANILLA_SECRET_KEY": DEVELOPMENT_SECRET_KEY}
 
     result = run(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(free_port()),
-         "vanilla_site.asgi:application"],
+        [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(free_port()),
+            "vanilla_site.asgi:application",
+        ],
         **env,
     )
 

@@ -136,7 +136,9 @@ async def test_a_reader_that_stops_reading_gets_the_newest_and_every_gap_told(se
     daphne's memory stays within the outbox, the client gets overflow errors
     that account for every skipped seq, then the newest, and stays connected.
     """
-    client = await asyncio.to_thread(subscribed_raw, server, "ticker", receive_buffer=4096)
+    client = await asyncio.to_thread(
+        subscribed_raw, server, "ticker", receive_buffer=4096
+    )
     topic = Topic.of("ticker", {})
     before = rss_kib(server)
 
@@ -157,7 +159,9 @@ async def test_a_reader_that_stops_reading_gets_the_newest_and_every_gap_told(se
 
 async def test_a_reader_that_stops_reading_a_close_source_is_closed_with_4051(server):
     """A source whose overflow policy is "close" ends the slow reader's connection."""
-    client = await asyncio.to_thread(subscribed_raw, server, "ledger", receive_buffer=4096)
+    client = await asyncio.to_thread(
+        subscribed_raw, server, "ledger", receive_buffer=4096
+    )
     topic = Topic.of("ledger", {})
 
     for _ in range(1000):
@@ -204,9 +208,12 @@ async def test_a_foreign_origin_is_refused_with_4003_and_logged(server):
         )
         assert await closed_with(connection) == 4003
 
-    assert server.log().count(
-        "refused a websocket from Origin 'http://evil.example': not in ALLOWED_HOSTS"
-    ) == 1
+    assert (
+        server.log().count(
+            "refused a websocket from Origin 'http://evil.example': not in ALLOWED_HOSTS"
+        )
+        == 1
+    )
 
 
 def make_users():
@@ -273,7 +280,12 @@ async def test_a_token_signs_in_and_revoking_it_closes_the_connection(server):
 
 async def test_an_unknown_token_is_refused_with_4003(server):
     """A made-up token does not fall back to an anonymous connection."""
-    client = await Client.open(server, subprotocols=["vanilla", TOKEN_SUBPROTOCOL + "vt_guess"])
+    client = await Client.open(
+        server, subprotocols=["vanilla", TOKEN_SUBPROTOCOL + "vt_guess"]
+    )
 
     assert await closed_with(client.connection) == 4003
-    assert "refused a websocket with access token 'vt_guess'…: unknown token" in server.log()
+    assert (
+        "refused a websocket with access token 'vt_guess'…: unknown token"
+        in server.log()
+    )

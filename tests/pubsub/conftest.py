@@ -11,8 +11,13 @@ from . import sources
 @pytest.fixture
 def registry(settings, vanilla_settings):
     close_sync_thread_connections()
-    settings.VANILLA = {**settings.VANILLA, "SOURCE_REGISTRY": "tests.pubsub.sources.registry"}
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    settings.VANILLA = {
+        **settings.VANILLA,
+        "SOURCE_REGISTRY": "tests.pubsub.sources.registry",
+    }
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}
+    }
     sources.registry.sources.clear()
     sources.registry.add(sources.TrackingSource("chat"))
     return sources.registry

@@ -52,7 +52,13 @@ async def receive_until(communicator, op, timeout=3):
 async def subscribe(communicator, id, params=None, source="chat", **extra):
     await send(
         communicator,
-        {"op": "subscribe", "id": id, "source": source, "params": params or {}, **extra},
+        {
+            "op": "subscribe",
+            "id": id,
+            "source": source,
+            "params": params or {},
+            **extra,
+        },
     )
     reply = await receive(communicator)
     assert reply["op"] == "subscribed", reply

@@ -100,14 +100,16 @@ FOREIGN_ORIGINS = {
     "origins", FOREIGN_ORIGINS.values(), ids=FOREIGN_ORIGINS.keys()
 )
 async def test_foreign_origins_are_closed_with_4003(node, origins, caplog):
-    """A page from elsewhere cannot use a visitor's session: 4003 after the handshake."""
+    """A page from elsewhere cannot use a visitor's session: 4003 after handshake."""
     caplog.set_level(logging.INFO, logger="pubsub.auth")
 
     client = await site(headers=[(b"origin", origin) for origin in origins])
 
     assert await closed_with(client) == 4003
     assert not node.connections
-    refusals = [r for r in caplog.records if "refused a websocket from Origin" in r.message]
+    refusals = [
+        r for r in caplog.records if "refused a websocket from Origin" in r.message
+    ]
     assert len(refusals) == 1 and refusals[0].levelno == logging.WARNING
 
 
@@ -239,7 +241,9 @@ async def test_the_server_selects_vanilla_not_the_token(guarded, node, users):
         await communicator.disconnect()
 
 
-async def test_a_token_in_the_query_string_signs_the_connection_in(guarded, node, users):
+async def test_a_token_in_the_query_string_signs_the_connection_in(
+    guarded, node, users
+):
     """Clients that cannot set subprotocols pass ?token=."""
     _, secret = await sync_to_async(issue)(users.plain)
 
@@ -253,7 +257,9 @@ def refused_tokens(users):
     """(name, secret) of tokens that must not open a connection."""
     _, revoked = issue(users.plain)
     AccessToken.objects.filter(digest=digest_of(revoked)).revoke()
-    _, expired = issue(users.plain, expires=timezone.now() - datetime.timedelta(seconds=1))
+    _, expired = issue(
+        users.plain, expires=timezone.now() - datetime.timedelta(seconds=1)
+    )
     _, inactive = issue(users.idle)
     users.idle.is_active = False
     users.idle.save()
@@ -269,7 +275,7 @@ def refused_tokens(users):
 async def test_invalid_tokens_are_closed_with_4003_and_logged_once(
     guarded, node, users, caplog
 ):
-    """Unknown, revoked, expired tokens, or an inactive user's: 4003, one warning each."""
+    """Unknown, revoked or expired tokens, an inactive user's: 4003, logged once."""
     caplog.set_level(logging.INFO, logger="pubsub.auth")
     cases = await sync_to_async(refused_tokens)(users)
 
@@ -286,7 +292,9 @@ async def test_invalid_tokens_are_closed_with_4003_and_logged_once(
     assert not node.connections
 
 
-async def test_revoking_a_token_closes_its_live_connections(guarded, node, users, settings):
+async def test_revoking_a_token_closes_its_live_connections(
+    guarded, node, users, settings
+):
     """A revoked token's connections close with 4003 within the check interval."""
     settings.VANILLA = {**settings.VANILLA, "TOKEN_CHECK_INTERVAL": 0.1}
     token, secret = await sync_to_async(issue)(users.plain)
@@ -305,7 +313,9 @@ async def test_revoking_a_token_closes_its_live_connections(guarded, node, users
     await other.disconnect()
 
 
-async def test_a_token_that_expires_closes_its_connection(guarded, node, users, settings):
+async def test_a_token_that_expires_closes_its_connection(
+    guarded, node, users, settings
+):
     """Expiry is checked on live connections too."""
     settings.VANILLA = {**settings.VANILLA, "TOKEN_CHECK_INTERVAL": 0.1}
     soon = timezone.now() + datetime.timedelta(seconds=0.5)
@@ -319,7 +329,9 @@ async def test_a_token_that_expires_closes_its_connection(guarded, node, users, 
 # --- issuing and revoking ---------------------------------------------------------
 
 
-def test_the_admin_shows_a_new_secret_once_and_keeps_only_its_digest(admin_client, users):
+def test_the_admin_shows_a_new_secret_once_and_keeps_only_its_digest(
+    admin_client, users
+):
     """Issuing in the admin shows the secret on an uncached page; the table has none."""
     response = admin_client.post(
         "/admin/pubsub/accesstoken/add/",
@@ -360,7 +372,10 @@ def test_issue_token_prints_a_working_secret(users, capsys):
 
 @pytest.mark.parametrize(
     "args, message",
-    [(["nobody", "--name", "x"], "no user"), (["plain", "--name", "x", "--days", "0"], "positive")],
+    [
+        (["nobody", "--name", "x"], "no user"),
+        (["plain", "--name", "x", "--days", "0"], "positive"),
+    ],
 )
 def test_issue_token_refuses_bad_arguments(users, args, message):
     with pytest.raises(CommandError, match=message):

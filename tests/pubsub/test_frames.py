@@ -31,8 +31,16 @@ BAD_FRAMES = {
     "JSON null": ("null", None, "bad_frame"),
     "NaN": ('{"op":"ping","x":NaN}', None, "bad_frame"),
     "a number too large for a float": ('{"op":"ping","x":1e999}', None, "bad_frame"),
-    "an integer of 5000 digits": ('{"op":"ping","x":' + "9" * 5000 + "}", None, "bad_frame"),
-    "nesting 40 deep": ('{"op":"ping","x":' + "[" * 40 + "]" * 40 + "}", None, "bad_frame"),
+    "an integer of 5000 digits": (
+        '{"op":"ping","x":' + "9" * 5000 + "}",
+        None,
+        "bad_frame",
+    ),
+    "nesting 40 deep": (
+        '{"op":"ping","x":' + "[" * 40 + "]" * 40 + "}",
+        None,
+        "bad_frame",
+    ),
     "nesting 5000 deep": ("[" * 5000 + "]" * 5000, None, "bad_frame"),
     "an unpaired surrogate": ('{"op":"subscribe","id":"\\ud800"}', None, "bad_frame"),
     "no op": ({"id": "x"}, "x", "unknown_op"),
@@ -44,30 +52,60 @@ BAD_FRAMES = {
     "an empty id": ({**SUBSCRIBE, "id": ""}, None, "invalid_id"),
     "an id of 129 characters": ({**SUBSCRIBE, "id": "i" * 129}, None, "invalid_id"),
     "unsubscribe without id": ({"op": "unsubscribe"}, None, "invalid_id"),
-    "an unknown source": ({**SUBSCRIBE, "id": "u", "source": "nope"}, "u", "unknown_source"),
+    "an unknown source": (
+        {**SUBSCRIBE, "id": "u", "source": "nope"},
+        "u",
+        "unknown_source",
+    ),
     "no source": ({"op": "subscribe", "id": "u"}, "u", "unknown_source"),
     "a source that is an object": (
-        {**SUBSCRIBE, "id": "u", "source": {"name": "chat"}}, "u", "unknown_source"
+        {**SUBSCRIBE, "id": "u", "source": {"name": "chat"}},
+        "u",
+        "unknown_source",
     ),
     "a source name of 101 characters": (
-        {**SUBSCRIBE, "id": "u", "source": "c" * 101}, "u", "unknown_source"
+        {**SUBSCRIBE, "id": "u", "source": "c" * 101},
+        "u",
+        "unknown_source",
     ),
-    "params that are a list": ({**SUBSCRIBE, "id": "p", "params": []}, "p", "invalid_params"),
+    "params that are a list": (
+        {**SUBSCRIBE, "id": "p", "params": []},
+        "p",
+        "invalid_params",
+    ),
     "params that are a string": (
-        {**SUBSCRIBE, "id": "p", "params": "room=x"}, "p", "invalid_params"
+        {**SUBSCRIBE, "id": "p", "params": "room=x"},
+        "p",
+        "invalid_params",
     ),
     "a param of the wrong type": (
-        {**SUBSCRIBE, "id": "p", "params": {"room": 5}}, "p", "invalid_params"
+        {**SUBSCRIBE, "id": "p", "params": {"room": 5}},
+        "p",
+        "invalid_params",
     ),
-    "an unknown param": ({**SUBSCRIBE, "id": "p", "params": {"colour": 1}}, "p", "invalid_params"),
+    "an unknown param": (
+        {**SUBSCRIBE, "id": "p", "params": {"colour": 1}},
+        "p",
+        "invalid_params",
+    ),
     "params over 4 KiB": (
-        {**SUBSCRIBE, "id": "p", "params": {"room": "r" * 5000}}, "p", "invalid_params"
+        {**SUBSCRIBE, "id": "p", "params": {"room": "r" * 5000}},
+        "p",
+        "invalid_params",
     ),
     "a negative since": ({**SUBSCRIBE, "id": "s", "since": -1}, "s", "bad_frame"),
-    "a since that is a float": ({**SUBSCRIBE, "id": "s", "since": 1.5}, "s", "bad_frame"),
+    "a since that is a float": (
+        {**SUBSCRIBE, "id": "s", "since": 1.5},
+        "s",
+        "bad_frame",
+    ),
     "a since that is true": ({**SUBSCRIBE, "id": "s", "since": True}, "s", "bad_frame"),
     "a since of 2**63": ({**SUBSCRIBE, "id": "s", "since": 2**63}, "s", "bad_frame"),
-    "unsubscribe of an unknown id": ({"op": "unsubscribe", "id": "ghost"}, "ghost", "unknown_id"),
+    "unsubscribe of an unknown id": (
+        {"op": "unsubscribe", "id": "ghost"},
+        "ghost",
+        "unknown_id",
+    ),
 }
 
 
@@ -137,7 +175,9 @@ async def test_an_id_is_free_again_after_its_unsubscribed(node):
     await client.disconnect()
 
 
-async def test_control_characters_are_refused_in_ids_and_escaped_elsewhere(node, caplog):
+async def test_control_characters_are_refused_in_ids_and_escaped_elsewhere(
+    node, caplog
+):
     """
     Control characters make an id invalid; in op, source and param names they
     are refused with the usual code, and neither the error messages nor the
@@ -151,7 +191,11 @@ async def test_control_characters_are_refused_in_ids_and_escaped_elsewhere(node,
         ({**SUBSCRIBE, "id": "a\x00"}, None, "invalid_id"),
         ({**SUBSCRIBE, "id": "\x85next"}, None, "invalid_id"),
         ({"op": "unsubscribe", "id": "\x1b[31mred"}, None, "invalid_id"),
-        ({**SUBSCRIBE, "id": "s", "source": "chat\r\nX-Forged: 1"}, "s", "unknown_source"),
+        (
+            {**SUBSCRIBE, "id": "s", "source": "chat\r\nX-Forged: 1"},
+            "s",
+            "unknown_source",
+        ),
         ({**SUBSCRIBE, "id": "p", "params": {"room\x07": "x"}}, "p", "invalid_params"),
     ]
 
@@ -220,7 +264,9 @@ async def test_an_internal_error_before_counting_names_the_subscription(
         assert (error["code"], error["id"]) == ("internal", id)
 
     await assert_usable(client)
-    failures = [r for r in caplog.records if r.getMessage().startswith("a frame failed")]
+    failures = [
+        r for r in caplog.records if r.getMessage().startswith("a frame failed")
+    ]
     assert len(failures) == 1 and failures[0].exc_info[0] is ZeroDivisionError
     await client.disconnect()
 

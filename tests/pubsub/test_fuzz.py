@@ -27,13 +27,17 @@ CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 # --- frames ---------------------------------------------------------------------
 
-not_strings = st.none() | st.booleans() | st.integers() | st.floats(
-    allow_nan=False, allow_infinity=False
+not_strings = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
 )
 json_scalars = not_strings | st.text(max_size=20)
 json_values = st.recursive(
     json_scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
 good_ids = st.sampled_from(["a", "b", "c", "订阅-😀", "i" * 128])
@@ -50,11 +54,14 @@ bad_params = st.one_of(
 )
 # A field of a frame set to something else than a well-formed frame holds.
 corruptions = {
-    "op": st.sampled_from(["subscribe", "unsubscribe", "ping", "Ping", ""]) | json_scalars,
+    "op": st.sampled_from(["subscribe", "unsubscribe", "ping", "Ping", ""])
+    | json_scalars,
     "id": bad_ids | st.text(max_size=6),
-    "source": st.sampled_from(["vault", "nope", "c" * 101, "", "chat\x00"]) | json_scalars,
+    "source": st.sampled_from(["vault", "nope", "c" * 101, "", "chat\x00"])
+    | json_scalars,
     "params": bad_params,
-    "since": st.sampled_from([0, 3, -1, 1.5, True, "7", 2**63, None]) | st.integers(0, 10),
+    "since": st.sampled_from([0, 3, -1, 1.5, True, "7", 2**63, None])
+    | st.integers(0, 10),
 }
 
 
@@ -157,10 +164,14 @@ class Model:
         """The test source's rules: a dict of at most room (a string) and size."""
         if not isinstance(params, dict):
             return False
-        canonical = json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        canonical = json.dumps(
+            params, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
         if len(canonical.encode()) > 4 * 1024:
             return False
-        return set(params) <= {"room", "size"} and isinstance(params.get("room", ""), str)
+        return set(params) <= {"room", "size"} and isinstance(
+            params.get("room", ""), str
+        )
 
     @staticmethod
     def usable(id):
@@ -234,7 +245,11 @@ async def exchange(client, sent):
         for op, code, id in model.answer(raw):
             event(f"{op} {code or ''}")
             reply = await receive(client)
-            assert (reply["op"], reply.get("code"), reply.get("id")) == (op, code, id), (
+            assert (reply["op"], reply.get("code"), reply.get("id")) == (
+                op,
+                code,
+                id,
+            ), (
                 raw,
                 reply,
             )

@@ -296,8 +296,16 @@ async def test_a_slow_reader_gets_the_newest_and_an_overflow_it_can_resume_from(
     assert len(seqs) <= 10
 
     # Phase: resume from the gap.
-    await send(client, {"op": "subscribe", "id": "t2", "source": "chat",
-                        "params": {"room": "slow"}, "since": overflow["last_seq"]})
+    await send(
+        client,
+        {
+            "op": "subscribe",
+            "id": "t2",
+            "source": "chat",
+            "params": {"room": "slow"},
+            "since": overflow["last_seq"],
+        },
+    )
     reply = await receive(client)
     await receive(client)
     replayed = [(await receive(client))["seq"] for _ in range(40)]
@@ -381,8 +389,16 @@ async def test_replies_a_client_does_not_read_close_with_4051(node, settings):
 
 
 async def resume(client, id, room, since):
-    await send(client, {"op": "subscribe", "id": id, "source": "chat",
-                        "params": {"room": room}, "since": since})
+    await send(
+        client,
+        {
+            "op": "subscribe",
+            "id": id,
+            "source": "chat",
+            "params": {"room": room},
+            "since": since,
+        },
+    )
 
 
 async def stalled_resume(node, settings, room, history):
@@ -448,7 +464,9 @@ async def test_history_trimmed_during_a_paced_resume_is_reported(node, settings)
     client, socket, topic = await stalled_resume(node, settings, "trim", 40)
     read = connection_of(node).subscriptions["r"].last_seq
 
-    sync_client().xtrim(Keys().history(topic.key), minid=f"{read + 6}-0", approximate=False)
+    sync_client().xtrim(
+        Keys().history(topic.key), minid=f"{read + 6}-0", approximate=False
+    )
     socket.resume()
 
     frames = [await receive(client) for _ in range(2 + read + 1)]
@@ -502,6 +520,8 @@ async def test_connections_over_the_maximum_are_refused_with_4052(
     assert len(node.connections) == 2
     lines = [r.getMessage() for r in caplog.records]
     assert sum("the maximum: refusing more" in line for line in lines) == 1
-    assert sum("accepts connections again after refusing 3" in line for line in lines) == 1
+    assert (
+        sum("accepts connections again after refusing 3" in line for line in lines) == 1
+    )
     for client in (held[1], again):
         await client.disconnect()
