@@ -114,6 +114,13 @@ def limit_message_size(scope, limit):
     return True
 
 
+def socket_open(scope):
+    """False once daphne's websocket is closing or closed; True if unseen."""
+    protocol = scope.get(SCOPE_KEY)
+    state = getattr(protocol, "state", None)
+    return state is None or state == getattr(protocol, "STATE_OPEN", state)
+
+
 def linger_on_close(scope, seconds):
     """
     Give the client ``seconds`` to read up to the close frame of a close the

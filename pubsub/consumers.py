@@ -58,7 +58,12 @@ class SubscriptionConsumer(Delivery, AsyncWebsocketConsumer):
         self.limiter = RateLimiter(option("RATE_LIMIT"), option("RATE_BURST"))
         self.refusals = 0
         self.last_refusal = 0.0
+        # closing: no more frames are queued. close_code: the writer closes with
+        # it once the frames queued so far are sent. close_sent: the close went
+        # out, and nothing may follow it.
         self.closing = False
+        self.close_code = None
+        self.close_sent = False
         self.wakeup = asyncio.Event()
         # Set when the writer has sent frames, for replays waiting for room.
         self.room = asyncio.Event()
@@ -97,7 +102,6 @@ class SubscriptionConsumer(Delivery, AsyncWebsocketConsumer):
             logger.debug(
                 "refused connection %s: the process is full", self.channel_name
             )
-        self.closing = True
         await self.accept(subprotocol)
         await self.close(code=CloseCode.SERVER_FULL)
 
@@ -127,18 +131,30 @@ class SubscriptionConsumer(Delivery, AsyncWebsocketConsumer):
             )
 
     async def close(self, code=None, reason=None):
+        self.closing = True
+        self.close_sent = True
         # autobahn, daphne's websocket library, refuses an IntEnum close code
         # (it checks for exactly int) and fails the connection with 1011.
         await super().close(code=None if code is None else int(code), reason=reason)
+
+    async def close_now(self, code):
+        """Close with ``code``, dropping the frames still queued."""
+        self.closing = True
+        self.outbox.clear()
+        await self.close(code=code)
+
+    def close_when_sent(self, code):
+        """Close with ``code`` once the frames queued so far are sent."""
+        self.closing = True
+        self.close_code = code
+        self.wakeup.set()
 
     async def revoke(self, reason):
         """Close at once with 4003: the credentials are no longer valid."""
         if self.closing:
             return
         logger.info("closing %s: %s", self.channel_name, reason)
-        self.closing = True
-        self.outbox.clear()
-        await self.close(code=CloseCode.FORBIDDEN)
+        await self.close_now(CloseCode.FORBIDDEN)
 
     # --- inbound frames --------------------------------------------------------
 
@@ -204,8 +220,8 @@ class SubscriptionConsumer(Delivery, AsyncWebsocketConsumer):
             )
         if self.refusals > option("RATE_BURST"):
             logger.warning("closing %s: rate limited for too long", self.channel_name)
-            self.closing = True
-            await self.close(code=CloseCode.RATE_LIMITED)
+            # The rate_limited errors go out first.
+            self.close_when_sent(CloseCode.RATE_LIMITED)
 
     async def close_too_big(self, size):
         self.note_error(
@@ -213,9 +229,7 @@ class SubscriptionConsumer(Delivery, AsyncWebsocketConsumer):
             f"a frame of {size} bytes is over the limit of "
             f"{option('MAX_FRAME_BYTES')}",
         )
-        self.closing = True
-        self.outbox.clear()
-        await self.close(code=CloseCode.MESSAGE_TOO_BIG)
+        await self.close_now(CloseCode.MESSAGE_TOO_BIG)
 
     # --- subscribe and unsubscribe ---------------------------------------------
 

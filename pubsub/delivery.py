@@ -299,11 +299,10 @@ class Delivery:
             self.channel_name,
             subscription.topic.key if subscription else "its replies",
         )
-        self.closing = True
-        self.outbox.clear()
         # The close frame queues behind what the socket already holds.
         backpressure.linger_on_close(self.scope, SLOW_READER_LINGER)
-        self.closer = asyncio.ensure_future(self.close(code=CloseCode.SLOW_READER))
+        self.outbox.clear()
+        self.close_when_sent(CloseCode.SLOW_READER)
 
     def overflow_frame(self, subscription, dropped, last_seq):
         """
@@ -327,30 +326,39 @@ class Delivery:
         )
 
     async def write_loop(self):
-        """Drain the outbox into the socket, pausing while it is full."""
+        """
+        Drain the outbox into the socket, pausing while it is full, and close
+        when asked to once the frames queued before are sent (or the socket
+        is full: a client that does not read will not read them).
+        """
         try:
             while True:
                 await self.wakeup.wait()
                 self.wakeup.clear()
                 await self.drain()
+                if self.close_code is not None and not self.close_sent:
+                    await self.close(code=self.close_code)
         except asyncio.CancelledError:
             raise
         except Exception:
+            if self.close_sent or not backpressure.socket_open(self.scope):
+                # The client went away in the middle of a frame.
+                logger.debug("%s closed while written to", self.channel_name)
+                return
             logger.error("writing to %s failed", self.channel_name, exc_info=True)
-            self.closing = True
-            await self.close(code=CloseCode.INTERNAL_ERROR)
+            await self.close_now(CloseCode.INTERNAL_ERROR)
 
     async def drain(self):
         """Send queued frames until the outbox is empty or the socket is full."""
         outbox = self.outbox
         pressure = self.pressure
-        while outbox and not (pressure and pressure.paused):
+        while outbox and not self.close_sent and not (pressure and pressure.paused):
             subscription, text, seq = outbox.get()
             if seq is not None:
                 await self.tell_gap(subscription)
             await self.send_text(text)
         self.room.set()
-        if not outbox:
+        if not outbox and not self.close_sent:
             # Subscriptions that lost every publication they had queued.
             for subscription in list(outbox.gaps):
                 await self.tell_gap(subscription)

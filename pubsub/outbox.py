@@ -68,6 +68,7 @@ class Outbox:
 
     def clear(self):
         self.frames.clear()
+        self.gaps.clear()
 
     def take_gap(self, subscription):
         """

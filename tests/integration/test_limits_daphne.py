@@ -30,7 +30,8 @@ MAX_CONNECTIONS = 4
 
 @pytest.fixture
 def server(processes):
-    return processes.daphne(
+    """A daphne of the guarded sources; whatever the test did, nothing failed in it."""
+    server = processes.daphne(
         extra_env={
             "DJANGO_SETTINGS_MODULE": "tests.guarded_settings",
             "VANILLA_OUTBOX_SIZE": str(OUTBOX_SIZE),
@@ -38,6 +39,8 @@ def server(processes):
             "VANILLA_TOKEN_CHECK_INTERVAL": "0.2",
         }
     )
+    yield server
+    assert " ERROR " not in server.log() and "Traceback" not in server.log()
 
 
 def close_code(connection):
@@ -125,6 +128,23 @@ def test_broken_websocket_frames_close_with_their_code(server):
     assert unmasked.messages(quiet=5)[1] == 1002
     for each in (client, unmasked):
         each.close()
+
+
+def test_a_flood_gets_rate_limited_errors_then_4050(server):
+    """1000 pings at once: 200 answered, rate_limited errors, then 4050."""
+    client = RawClient(server.port)
+    for _ in range(1000):
+        client.send_json({"op": "ping"})
+
+    frames, code = client.messages(quiet=5)
+
+    assert code == 4050
+    codes = [frame.get("code") for frame in frames]
+    assert codes.count("rate_limited") >= 1 and frames[-1]["code"] == "rate_limited"
+    assert 200 <= codes.count(None) < 300
+    assert server.log().count("client error rate_limited") == 1
+    assert server.log().count("rate limited for too long") == 1
+    client.close()
 
 
 # --- slow readers ---------------------------------------------------------------
