@@ -12,7 +12,15 @@ from .models import AccessToken
 
 @admin.register(AccessToken)
 class AccessTokenAdmin(admin.ModelAdmin):
-    list_display = ("name", "user", "prefix", "created", "expires", "last_used", "state")
+    list_display = (
+        "name",
+        "user",
+        "prefix",
+        "created",
+        "expires",
+        "last_used",
+        "state",
+    )
     list_filter = ("revoked", "expires")
     search_fields = ("name", "prefix", "user__username")
     list_select_related = ("user",)

@@ -31,6 +31,7 @@ from channels.middleware import BaseMiddleware
 from channels.security import websocket as channels_websocket
 from django.conf import settings
 
+from .conf import option
 from .models import AccessToken
 from .protocol import CloseCode
 
@@ -42,8 +43,6 @@ SUBPROTOCOL = "vanilla"
 TOKEN_SUBPROTOCOL = "vanilla.token."
 #: The scope key that holds the id of the access token a connection used.
 GRANT_KEY = "vanilla.token"
-#: Seconds between two checks of the tokens of live connections.
-DEFAULT_CHECK_INTERVAL = 2.0
 
 
 class TokenRefused(Exception):
@@ -95,7 +94,8 @@ async def refuse(scope, receive, send, code):
         return
     subprotocol = chosen_subprotocol(scope)
     await send({"type": "websocket.accept", "subprotocol": subprotocol})
-    await send({"type": "websocket.close", "code": code})
+    # A plain int: autobahn refuses an IntEnum (see SubscriptionConsumer.close).
+    await send({"type": "websocket.close", "code": int(code)})
     while message["type"] != "websocket.disconnect":
         message = await receive()
 
@@ -206,13 +206,8 @@ class TokenAuthMiddleware(BaseMiddleware):
 
 
 def valid_token_ids(ids):
-    return set(AccessToken.objects.valid().filter(pk__in=ids).values_list("pk", flat=True))
-
-
-def check_interval():
-    return getattr(settings, "VANILLA", {}).get(
-        "TOKEN_CHECK_INTERVAL", DEFAULT_CHECK_INTERVAL
-    )
+    valid = AccessToken.objects.valid().filter(pk__in=ids)
+    return set(valid.values_list("pk", flat=True))
 
 
 class TokenWatch:
@@ -247,7 +242,7 @@ class TokenWatch:
         while self.connections:
             self.sleeping = True
             try:
-                await asyncio.sleep(check_interval())
+                await asyncio.sleep(option("TOKEN_CHECK_INTERVAL"))
             finally:
                 self.sleeping = False
             try:

@@ -95,13 +95,39 @@ def watch(scope, on_resume):
 
 def limit_message_size(scope, limit):
     """
-    Make daphne refuse messages over ``limit`` bytes (close 1009) as soon as a
-    frame header announces them, instead of after buffering up to its own
-    limit (1 MiB by default). True if the server could be told.
+    Make daphne refuse messages over ``limit`` bytes as soon as a frame
+    header announces them, instead of after buffering up to its own limit
+    (1 MiB by default). True if the server could be told.
+
+    autobahn, daphne's websocket library, drops the TCP connection on such a
+    violation by default, which a client sees as 1006, not knowing why; it
+    is told to close with the code instead (1009 here, 1007 for text that is
+    not UTF-8, 1002 for broken framing), after which it waits at most its
+    close handshake timeout for the client.
     """
     protocol = scope.get(SCOPE_KEY)
     if protocol is None or not hasattr(protocol, "maxMessagePayloadSize"):
         return False
     protocol.maxMessagePayloadSize = limit
     protocol.maxFramePayloadSize = limit
+    protocol.failByDrop = False
     return True
+
+
+def socket_open(scope):
+    """False once daphne's websocket is closing or closed; True if unseen."""
+    protocol = scope.get(SCOPE_KEY)
+    state = getattr(protocol, "state", None)
+    return state is None or state == getattr(protocol, "STATE_OPEN", state)
+
+
+def linger_on_close(scope, seconds):
+    """
+    Give the client ``seconds`` to read up to the close frame of a close the
+    server starts. autobahn waits 1 s for the close handshake, then aborts
+    the TCP connection; a client still reading what was sent before the close
+    then loses it and the close code alike, and sees 1006.
+    """
+    protocol = scope.get(SCOPE_KEY)
+    if protocol is not None and hasattr(protocol, "closeHandshakeTimeout"):
+        protocol.closeHandshakeTimeout = seconds

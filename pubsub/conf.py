@@ -19,6 +19,7 @@ DEFAULTS = {
     "OUTBOX_SIZE": 1000,
     "RATE_LIMIT": 50.0,
     "RATE_BURST": 200,
+    "TOKEN_CHECK_INTERVAL": 2.0,
 }
 
 

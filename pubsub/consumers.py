@@ -4,110 +4,47 @@ connection.
 
 A connection holds subscriptions by the ids its client chose. Several
 subscriptions to the same topic share one hub membership, but each counts in
-the subscription registry. Every frame to the client goes through one bounded
-outbox, so replies, history and live publications keep their order and a slow
-reader meets its source's overflow policy instead of growing memory.
+the subscription registry. This module reads what the client sends and
+manages its subscriptions; ``pubsub.delivery`` sends it what they publish.
+Every frame to the client goes through one bounded outbox, so replies,
+history and live publications keep their order and a slow reader meets its
+source's overflow policy instead of growing memory.
 """
 import asyncio
-import json
 import logging
-import math
-import re
 import time
 from collections import Counter
 
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from . import auth, backpressure
 from .conf import option, source_registry
-from .connection import Keys, async_client
+from .delivery import Delivery, Subscription
 from .exceptions import (
     InvalidParams,
     ProtocolError,
     SourceDoesNotExist,
     SubscriptionForbidden,
 )
+from .frames import (
+    MAX_ID_LENGTH,
+    MAX_SOURCE_LENGTH,
+    RateLimiter,
+    frame_size,
+    parse,
+    shown,
+    usable_id,
+)
 from .node import get_node
 from .outbox import Outbox
-from .protocol import ClientOp, CloseCode, ErrorCode, ServerOp, SourceState
+from .protocol import ClientOp, CloseCode, ErrorCode, ServerOp
 from .topics import Topic, canonical_json
 
 logger = logging.getLogger(__name__)
 
-#: Subscription ids: 1 to 128 characters, none of them a control character.
-MAX_ID_LENGTH = 128
-CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
-#: Longer source names are refused without a lookup.
-MAX_SOURCE_LENGTH = 100
-#: How deeply lists and objects may nest in a frame (the frame is level 1).
-MAX_DEPTH = 32
-DATA_PREFIX = '{"seq":'
 
-
-def encode(frame):
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
-
-
-def seq_of(message):
-    """The seq of a publication as published, without decoding it all."""
-    return int(message[7 : message.index(",", 7)])
-
-
-class Subscription:
-    """One subscription id of one connection."""
-
-    __slots__ = (
-        "id",
-        "id_json",
-        "topic",
-        "source",
-        "last_seq",
-        "pending",
-        "announced",
-        "dropped",
-    )
-
-    def __init__(self, id, topic, source):
-        self.id = id
-        self.id_json = json.dumps(id, ensure_ascii=False)
-        self.topic = topic
-        self.source = source
-        self.last_seq = 0
-        # Live publications that arrive while history is read: (seq, message).
-        self.pending = []
-        # Whether the client was told it is subscribed.
-        self.announced = False
-        # Publications the outbox dropped since the client was last told.
-        self.dropped = 0
-
-    @property
-    def syncing(self):
-        return self.pending is not None
-
-    def frame(self, message):
-        return '{"op":"data","id":' + self.id_json + "," + message[1:]
-
-
-class RateLimiter:
-    """A token bucket: ``rate`` frames a second, bursts of ``burst``."""
-
-    def __init__(self, rate, burst):
-        self.rate = rate
-        self.burst = burst
-        self.tokens = float(burst)
-        self.stamp = time.monotonic()
-
-    def allow(self):
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
-
-
-class SubscriptionConsumer(AsyncWebsocketConsumer):
+class SubscriptionConsumer(Delivery, AsyncWebsocketConsumer):
     """Speaks the subscription protocol; knows sources only by name."""
 
     # --- connection lifecycle --------------------------------------------------
@@ -121,8 +58,16 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         self.limiter = RateLimiter(option("RATE_LIMIT"), option("RATE_BURST"))
         self.refusals = 0
         self.last_refusal = 0.0
+        # closing: no more frames are queued. close_code: the writer closes with
+        # it once the frames queued so far are sent. close_sent: the close went
+        # out, and nothing may follow it.
         self.closing = False
+        self.close_code = None
+        self.close_sent = False
         self.wakeup = asyncio.Event()
+        # Set when the writer has sent frames, for replays waiting for room.
+        self.room = asyncio.Event()
+        self.tasks = set()
         self.writer = None
         self.pressure = None
         self.token = self.scope.get(auth.GRANT_KEY)
@@ -143,12 +88,20 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         logger.debug("connection %s opened", self.channel_name)
 
     async def refuse_full(self, subprotocol):
-        logger.warning(
-            "refused connection %s: this process holds %d, the maximum",
-            self.channel_name,
-            len(self.node.connections),
-        )
-        self.closing = True
+        """
+        Accept only to close with 4052, which tells the client to come back
+        later. A flood of refusals is logged once, when it begins.
+        """
+        if self.node.refuse():
+            logger.warning(
+                "process %s holds %d connections, the maximum: refusing more",
+                self.node.registry.process_id,
+                len(self.node.connections),
+            )
+        else:
+            logger.debug(
+                "refused connection %s: the process is full", self.channel_name
+            )
         await self.accept(subprotocol)
         await self.close(code=CloseCode.SERVER_FULL)
 
@@ -156,6 +109,8 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         if self.writer is None:
             return
         self.writer.cancel()
+        for task in list(self.tasks):
+            task.cancel()
         self.closing = True
         self.node.detach(self)
         if self.token is not None:
@@ -167,21 +122,39 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
             await self.uncount(subscription, leave=True)
         if self.errors or self.outbox.dropped:
             logger.info(
-                "connection %s closed (%s) after errors %s, %d publications dropped",
+                "connection %s closed (%s) after errors %s; %d publications dropped",
                 self.channel_name,
                 code,
-                dict(self.errors),
+                ", ".join(f"{kind}: {count}" for kind, count in self.errors.items())
+                or "none",
                 self.outbox.dropped,
             )
+
+    async def close(self, code=None, reason=None):
+        self.closing = True
+        self.close_sent = True
+        # autobahn, daphne's websocket library, refuses an IntEnum close code
+        # (it checks for exactly int) and fails the connection with 1011.
+        await super().close(code=None if code is None else int(code), reason=reason)
+
+    async def close_now(self, code):
+        """Close with ``code``, dropping the frames still queued."""
+        self.closing = True
+        self.outbox.clear()
+        await self.close(code=code)
+
+    def close_when_sent(self, code):
+        """Close with ``code`` once the frames queued so far are sent."""
+        self.closing = True
+        self.close_code = code
+        self.wakeup.set()
 
     async def revoke(self, reason):
         """Close at once with 4003: the credentials are no longer valid."""
         if self.closing:
             return
         logger.info("closing %s: %s", self.channel_name, reason)
-        self.closing = True
-        self.outbox.clear()
-        await self.close(code=CloseCode.FORBIDDEN)
+        await self.close_now(CloseCode.FORBIDDEN)
 
     # --- inbound frames --------------------------------------------------------
 
@@ -191,11 +164,13 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         if not self.limiter.allow():
             await self.rate_limited()
             return
-        size = _size(text_data, bytes_data)
+        size = frame_size(text_data, bytes_data)
         if size > option("MAX_FRAME_BYTES"):
             await self.close_too_big(size)
         elif bytes_data is not None:
-            self.reply_error(None, ErrorCode.BAD_FRAME, "binary frames are not accepted")
+            self.reply_error(
+                None, ErrorCode.BAD_FRAME, "binary frames are not accepted"
+            )
         else:
             await self.answer(text_data)
 
@@ -222,7 +197,7 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         else:
             id = frame.get("id")
             raise ProtocolError(
-                f"unknown op {_shown(op)}; expected one of "
+                f"unknown op {shown(op)}; expected one of "
                 f"{', '.join(op.value for op in ClientOp)}",
                 code=ErrorCode.UNKNOWN_OP,
                 id=id if usable_id(id) else None,
@@ -245,8 +220,8 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
             )
         if self.refusals > option("RATE_BURST"):
             logger.warning("closing %s: rate limited for too long", self.channel_name)
-            self.closing = True
-            await self.close(code=CloseCode.RATE_LIMITED)
+            # The rate_limited errors go out first.
+            self.close_when_sent(CloseCode.RATE_LIMITED)
 
     async def close_too_big(self, size):
         self.note_error(
@@ -254,9 +229,7 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
             f"a frame of {size} bytes is over the limit of "
             f"{option('MAX_FRAME_BYTES')}",
         )
-        self.closing = True
-        self.outbox.clear()
-        await self.close(code=CloseCode.MESSAGE_TOO_BIG)
+        await self.close_now(CloseCode.MESSAGE_TOO_BIG)
 
     # --- subscribe and unsubscribe ---------------------------------------------
 
@@ -269,7 +242,9 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
                 code=ErrorCode.TOO_MANY_SUBSCRIPTIONS,
                 id=id,
             )
-        source, params = self.resolve(id, frame.get("source"), frame.get("params", {}))
+        source, params = await self.resolve(
+            id, frame.get("source"), frame.get("params", {})
+        )
         topic = Topic.of(source.name, params)
 
         # Count it, join the hub, start the source if nobody watched it.
@@ -295,11 +270,13 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         since = frame.get("since")
         if since is not None and (type(since) is not int or not 0 <= since < 2**63):
             raise ProtocolError(
-                "since must be a non-negative integer seq", code=ErrorCode.BAD_FRAME, id=id
+                "since must be a non-negative integer seq",
+                code=ErrorCode.BAD_FRAME,
+                id=id,
             )
         return since
 
-    def resolve(self, id, name, params):
+    async def resolve(self, id, name, params):
         """The source named ``name`` and ``params`` as it normalises them."""
         if not isinstance(name, str) or not 0 < len(name) <= MAX_SOURCE_LENGTH:
             raise ProtocolError(
@@ -310,12 +287,26 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         try:
             source = source_registry().get(name)
         except SourceDoesNotExist as exc:
-            raise ProtocolError(str(exc), code=ErrorCode.UNKNOWN_SOURCE, id=id) from None
+            raise ProtocolError(
+                str(exc), code=ErrorCode.UNKNOWN_SOURCE, id=id
+            ) from None
         try:
-            source.check_access(self.scope.get("user"))
+            await self.check_access(source)
         except SubscriptionForbidden as exc:
             raise ProtocolError(str(exc), code=ErrorCode.FORBIDDEN, id=id) from None
         return source, self.clean_params(id, source, params)
+
+    async def check_access(self, source):
+        """
+        Raise SubscriptionForbidden unless this connection's user may subscribe
+        to ``source``. Only a check for a named permission reads the database
+        (once per user and connection), so only that one leaves the event loop.
+        """
+        user = self.scope.get("user")
+        if getattr(source, "permission", None) in (None, "authenticated"):
+            source.check_access(user)
+        else:
+            await database_sync_to_async(source.check_access)(user)
 
     def clean_params(self, id, source, params):
         if not isinstance(params, dict):
@@ -342,7 +333,7 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         subscription = self.subscriptions.get(id)
         if subscription is None:
             raise ProtocolError(
-                f"no subscription has the id {_shown(id)}",
+                f"no subscription has the id {shown(id)}",
                 code=ErrorCode.UNKNOWN_ID,
                 id=id,
             )
@@ -373,6 +364,7 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
     def forget(self, subscription):
         """Drop a subscription locally; True if it was the topic's last here."""
         self.subscriptions.pop(subscription.id, None)
+        self.outbox.take_gap(subscription)
         siblings = self.by_topic.get(subscription.topic.key, {})
         siblings.pop(subscription.id, None)
         if siblings:
@@ -390,127 +382,13 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
             )
         if new and id in self.subscriptions:
             raise ProtocolError(
-                f"the id {_shown(id)} is in use by a live subscription",
+                f"the id {shown(id)} is in use by a live subscription",
                 code=ErrorCode.DUPLICATE_ID,
                 id=id,
             )
         return id
 
-    # --- history and resume ----------------------------------------------------
-
-    async def catch_up(self, subscription, since, announce=False):
-        """
-        Send what ``subscription`` missed after ``since`` from the topic's
-        history (or the latest publication when ``since`` is None or the
-        history does not reach back that far), then release the live
-        publications that arrived meanwhile, without gap or duplicate.
-        """
-        key = Keys().history(subscription.topic.key)
-        client = async_client()
-        resumed = None
-        if since is None:
-            entries = await client.xrevrange(key, count=1)
-        else:
-            oldest = await client.xrange(key, count=1)
-            newest = await client.xrevrange(key, count=1)
-            newest_seq = int(newest[0][0].split("-")[0]) if newest else 0
-            oldest_seq = int(oldest[0][0].split("-")[0]) if oldest else 1
-            resumed = oldest_seq <= since + 1 and since <= newest_seq
-            if resumed:
-                entries = await client.xrange(key, min=f"{since + 1}-0")
-                subscription.last_seq = since
-            else:
-                entries = newest
-        if announce:
-            await self.announce(subscription, resumed)
-        for _, fields in entries:
-            self.deliver_one(subscription, seq_of(fields["m"]), fields["m"])
-        pending, subscription.pending = subscription.pending, None
-        for seq, message in pending:
-            self.deliver_one(subscription, seq, message)
-
-    async def announce(self, subscription, resumed):
-        topic = subscription.topic
-        reply = {
-            "op": ServerOp.SUBSCRIBED,
-            "id": subscription.id,
-            "source": topic.source,
-            "params": topic.params,
-        }
-        if resumed is not None:
-            reply["resumed"] = resumed
-        self.send_frame(reply)
-        subscription.announced = True
-        state = await async_client().hget(Keys().states, topic.key)
-        self.send_status(subscription, state or SourceState.STARTING, "")
-
-    # --- outbound --------------------------------------------------------------
-
-    def deliver(self, topic_key, message):
-        """Called by the hub with a publication or a status, as published."""
-        siblings = self.by_topic.get(topic_key)
-        if not siblings:
-            return
-        if not message.startswith(DATA_PREFIX):
-            for subscription in siblings.values():
-                if subscription.syncing:
-                    subscription.pending.append((None, message))
-                else:
-                    self.deliver_status(subscription, message)
-            return
-        seq = seq_of(message)
-        for subscription in siblings.values():
-            if subscription.syncing:
-                subscription.pending.append((seq, message))
-            elif seq > subscription.last_seq + 1 and subscription.last_seq:
-                # Publications went missing between Redis and this process
-                # (a reconnect): fetch them from the history first.
-                subscription.pending = [(seq, message)]
-                asyncio.create_task(self.fill_gap(subscription))
-            else:
-                self.deliver_one(subscription, seq, message)
-
-    async def fill_gap(self, subscription):
-        logger.info(
-            "filling a gap after seq %d on %s",
-            subscription.last_seq, subscription.topic.key,
-        )
-        try:
-            await self.catch_up(subscription, subscription.last_seq)
-        except Exception:
-            logger.warning("could not fill a gap on %s", subscription.topic.key,
-                           exc_info=True)
-            pending, subscription.pending = subscription.pending or [], None
-            for seq, message in pending:
-                self.deliver_one(subscription, seq, message)
-
-    def deliver_status(self, subscription, message):
-        status = json.loads(message)
-        self.send_status(subscription, status["state"], status.get("message"))
-
-    def deliver_one(self, subscription, seq, message):
-        if seq is None:
-            self.deliver_status(subscription, message)
-            return
-        if seq <= subscription.last_seq:
-            return
-        subscription.last_seq = seq
-        self.enqueue(subscription, subscription.frame(message), is_data=True)
-
-    def send_status(self, subscription, state, message):
-        frame = {
-            "op": ServerOp.STATUS,
-            "id": subscription.id,
-            "source": subscription.topic.source,
-            "params": subscription.topic.params,
-            "state": state,
-        }
-        if message:
-            frame["message"] = message
-        self.enqueue(subscription, encode(frame))
-
-    def send_frame(self, frame):
-        self.enqueue(None, encode(frame))
+    # --- errors ---------------------------------------------------------------
 
     def reply_error(self, id, code, message):
         self.note_error(code, message)
@@ -537,134 +415,3 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         self.errors[code] += 1
         if self.errors[code] == 1:
             logger.info("client error %s on %s: %s", code, self.channel_name, message)
-
-    def enqueue(self, subscription, text, is_data=False):
-        if self.closing:
-            return
-        if self.outbox.put(subscription, text, is_data):
-            self.wakeup.set()
-        else:
-            self.close_slow_reader(subscription)
-
-    def close_slow_reader(self, subscription):
-        """The outbox overflowed where the policy is to close: 4051."""
-        logger.warning(
-            "closing %s: it reads too slowly for %s",
-            self.channel_name,
-            subscription.topic.key if subscription else "its replies",
-        )
-        self.closing = True
-        self.outbox.clear()
-        self.closer = asyncio.ensure_future(self.close(code=CloseCode.SLOW_READER))
-
-    def overflow_frame(self, subscription):
-        """The error telling a subscription how many publications it lost."""
-        count, subscription.dropped = subscription.dropped, 0
-        self.note_error(ErrorCode.OVERFLOW, f"dropped {count} for {subscription.id!r}")
-        return encode(
-            {
-                "op": ServerOp.ERROR,
-                "id": subscription.id,
-                "code": ErrorCode.OVERFLOW,
-                "message": f"{count} publications were dropped because the "
-                "connection reads too slowly",
-                "dropped": count,
-            }
-        )
-
-    async def write_loop(self):
-        """Drain the outbox into the socket, pausing while it is full."""
-        try:
-            while True:
-                await self.wakeup.wait()
-                self.wakeup.clear()
-                await self.drain()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.error("writing to %s failed", self.channel_name, exc_info=True)
-            self.closing = True
-            await self.close(code=CloseCode.INTERNAL_ERROR)
-
-    async def drain(self):
-        outbox = self.outbox
-        pressure = self.pressure
-        while outbox and not (pressure and pressure.paused):
-            subscription, text, is_data = outbox.get()
-            if is_data and subscription.dropped:
-                await self.base_send(
-                    {"type": "websocket.send", "text": self.overflow_frame(subscription)}
-                )
-            await self.base_send({"type": "websocket.send", "text": text})
-
-
-# --- reading frames -------------------------------------------------------------
-
-
-def parse(text):
-    """A client's text frame as a dict, or ProtocolError saying why not."""
-    try:
-        frame = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
-    except RecursionError:
-        raise ProtocolError("the frame is nested too deeply") from None
-    except ValueError as exc:
-        raise ProtocolError(f"the frame is not valid JSON: {exc}") from None
-    if not isinstance(frame, dict):
-        raise ProtocolError(
-            f"a frame must be a JSON object, got {type(frame).__name__}"
-        )
-    if _depth(frame) > MAX_DEPTH:
-        raise ProtocolError(f"the frame is nested deeper than {MAX_DEPTH} levels")
-    try:
-        encode(frame).encode()
-    except UnicodeEncodeError:
-        raise ProtocolError("the frame has an unpaired surrogate (\\ud800-\\udfff)")
-    return frame
-
-
-def _no_constant(name):
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _finite(text):
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text[:20]} is too large a number")
-    return value
-
-
-def _depth(value):
-    """How deeply lists and objects nest in ``value`` (stops past MAX_DEPTH)."""
-    deepest = 0
-    stack = [(value, 1)]
-    while stack and deepest <= MAX_DEPTH:
-        value, depth = stack.pop()
-        if isinstance(value, dict):
-            value = value.values()
-        elif not isinstance(value, list):
-            continue
-        deepest = max(deepest, depth)
-        stack.extend((item, depth + 1) for item in value)
-    return deepest
-
-
-def _size(text, data):
-    if data is not None:
-        return len(data)
-    if len(text) * 4 <= option("MAX_FRAME_BYTES"):
-        return len(text)
-    return len(text.encode("utf-8", "surrogatepass"))
-
-
-def usable_id(value):
-    return (
-        isinstance(value, str)
-        and 0 < len(value) <= MAX_ID_LENGTH
-        and not CONTROL_CHARACTERS.search(value)
-    )
-
-
-def _shown(value):
-    """``value`` for an error message: its repr, cut short."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:39] + "…"

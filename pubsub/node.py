@@ -22,6 +22,8 @@ class Node:
         self.registry.members = self.members
         self.janitor = Janitor(self.registry)
         self.connections = set()
+        # Connections refused since the process was last below its maximum.
+        self.refused = 0
         logger.info("server process %s joined", self.registry.process_id)
 
     def members(self):
@@ -29,9 +31,21 @@ class Node:
         return {key: len(members) for key, members in self.hub.members.items()}
 
     def attach(self, connection):
+        if self.refused:
+            logger.info(
+                "process %s accepts connections again after refusing %d",
+                self.registry.process_id,
+                self.refused,
+            )
+            self.refused = 0
         self.connections.add(connection)
         self.registry.connections = len(self.connections)
         self.janitor.ensure_running()
+
+    def refuse(self):
+        """Count a connection refused for want of room; True for the first in a run."""
+        self.refused += 1
+        return self.refused == 1
 
     def detach(self, connection):
         self.connections.discard(connection)

@@ -74,7 +74,7 @@ class CloseCode(enum.IntEnum):
     INTERNAL_ERROR = 1011
     # Terminal: the Origin is not allowed, or the credentials are not valid.
     FORBIDDEN = 4003
-    # Terminal: too many protocol violations, the client is misbehaving.
+    # Terminal: too many protocol violations. Reserved; not sent yet.
     PROTOCOL_VIOLATION = 4008
     # Retry: the client sent frames faster than allowed for too long.
     RATE_LIMITED = 4050

@@ -19,6 +19,7 @@ and leave at the same instant:
 When a process finds that its lease was lost (it stalled for longer than the
 lease and was reaped) it writes its whole state back with ``restore()``.
 """
+import asyncio
 import json
 import logging
 import os
@@ -189,15 +190,18 @@ class SubscriptionRegistry:
         self.members = dict
         self.started_at = time.time()
         self.registered = False
+        self._registering = asyncio.Lock()
 
     # --- subscriptions --------------------------------------------------------
 
     async def add(self, topic):
         """Count one subscription; True when the caller must start the source."""
+        # Registering writes the local counts, which must not hold this
+        # subscription yet: ADD counts it, and only ADD tells it is the first.
+        await self._ensure_registered()
         self.local[topic.key] += 1
         self.topics[topic.key] = topic
         try:
-            await self._ensure_registered()
             total, first = await self._run(
                 ADD,
                 self._table_keys(),
@@ -262,14 +266,21 @@ class SubscriptionRegistry:
     # --- the process lease ----------------------------------------------------
 
     async def _ensure_registered(self):
-        if not self.registered:
-            await self.restore(reason="registered")
+        """
+        Write this process's lease and counts unless they are written. Under
+        a lock, so that subscriptions counted meanwhile wait and are added
+        after it, each once.
+        """
+        async with self._registering:
+            if not self.registered:
+                return await self.restore(reason="registered")
+        return set()
 
     async def renew(self):
         """Extend this process's lease; restore everything if it was lost."""
         client = async_client()
         if not self.registered:
-            starts = await self.restore(reason="registered")
+            starts = await self._ensure_registered()
         elif await self._run(
             RENEW, [self.keys.processes], [self.process_id, now_ms() + _lease_ms()]
         ):

@@ -197,6 +197,8 @@ VANILLA = {
     "OUTBOX_SIZE": env_number("OUTBOX_SIZE", 1000),
     "RATE_LIMIT": env_number("RATE_LIMIT", 50.0, float),
     "RATE_BURST": env_number("RATE_BURST", 200),
+    # Live connections whose access token was revoked close within this (s).
+    "TOKEN_CHECK_INTERVAL": env_number("TOKEN_CHECK_INTERVAL", 2.0, float),
     # Seconds between fetches of scheduled sources, by name ("weather=2,...").
     "INTERVALS": {
         name.strip(): float(every)

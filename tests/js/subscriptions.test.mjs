@@ -258,22 +258,84 @@ test("a refused subscription reports the error and is not resent", async () => {
   assert.deepEqual(socket.frames("subscribe"), []);
 });
 
-test("an overflow error does not end the subscription", () => {
-  const { client } = makeClient();
-  const socket = connectOpen(client);
+/** A client with one confirmed subscription that received seqs 1 to 3. */
+function subscribedThrough3() {
+  const made = makeClient();
+  const socket = connectOpen(made.client);
   const seen = [];
-  const overflows = [];
-  client.subscribe("ticker", {}, (value) => seen.push(value), {
-    onError: (frame) => overflows.push(frame.dropped),
+  const errors = [];
+  made.client.subscribe("ticker", {}, (value) => seen.push(value), {
+    onError: (frame) => errors.push(frame.code),
   });
-  const [frame] = socket.frames("subscribe");
-  confirm(socket, frame);
+  const [first] = socket.frames("subscribe");
+  confirm(socket, first);
+  for (const seq of [1, 2, 3]) socket.message(data(first, seq));
+  return { ...made, socket, first, seen, errors };
+}
 
-  socket.message({ op: "error", id: "s1", code: "overflow", message: "", dropped: 3 });
-  socket.message(data(frame, 9));
+function overflow(frame, lastSeq, dropped) {
+  return { op: "error", id: frame.id, code: "overflow", message: "", dropped, last_seq: lastSeq };
+}
 
-  assert.deepEqual(overflows, [3]);
-  assert.deepEqual(seen, [9]);
+test("an overflow resumes the subscription from the gap under a new id", () => {
+  const { socket, first, seen, errors, resumes } = subscribedThrough3();
+
+  // Phase: the server dropped 4 to 8 and sends 9 next, on the old id.
+  socket.message(overflow(first, 3, 5));
+  socket.message(data(first, 9));
+
+  // Phase: the old id ends; a new one resumes after seq 3.
+  assert.deepEqual(socket.frames().slice(1), [
+    { op: "unsubscribe", id: "s1" },
+    { op: "subscribe", id: "s2", source: "ticker", params: {}, since: 3 },
+  ]);
+  const [, again] = socket.frames("subscribe");
+  socket.message({ op: "unsubscribed", id: "s1" });
+  confirm(socket, again, { resumed: true });
+  for (const seq of [4, 5, 6, 7, 8, 9, 10]) socket.message(data(again, seq));
+
+  assert.deepEqual(seen, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+  assert.deepEqual(errors, ["overflow"]);
+  assert.deepEqual(resumes, [{ source: "ticker", params: {}, resumed: true, since: 3 }]);
+});
+
+test("an overflow whose gap the history lost says so and goes on", () => {
+  const { socket, seen, resumes } = subscribedThrough3();
+  const [first] = socket.frames("subscribe");
+
+  socket.message(overflow(first, 3, 500));
+  const [, again] = socket.frames("subscribe");
+  confirm(socket, again, { resumed: false });
+  socket.message(data(again, 600));
+
+  assert.deepEqual(seen, [1, 2, 3, 600]);
+  assert.equal(resumes[0].resumed, false);
+});
+
+test("after an overflow resume a reconnect resumes the new id", () => {
+  const { socket, clock } = subscribedThrough3();
+  const [first] = socket.frames("subscribe");
+  socket.message(overflow(first, 3, 1));
+  const [, again] = socket.frames("subscribe");
+  confirm(socket, again, { resumed: true });
+  socket.message(data(again, 5));
+
+  const next = reconnect(socket, clock);
+
+  assert.deepEqual(next.frames("subscribe"), [
+    { op: "subscribe", id: "s2", source: "ticker", params: {}, since: 5 },
+  ]);
+});
+
+test("an overflow without last_seq is reported but not resumed", () => {
+  const { socket, errors } = subscribedThrough3();
+  const [first] = socket.frames("subscribe");
+
+  socket.message({ op: "error", id: "s1", code: "overflow", message: "", dropped: 2 });
+
+  assert.deepEqual(errors, ["overflow"]);
+  assert.deepEqual(socket.frames("unsubscribe"), []);
+  assert.equal(first.id, "s1");
 });
 
 test("a failing callback does not stop the others", () => {

@@ -1,6 +1,6 @@
 """Fixtures of the Pub-Sub tests: test-double sources and this loop's node."""
 import pytest
-from asgiref.sync import sync_to_async
+from asgiref.sync import SyncToAsync
 from django.db import connections
 
 from pubsub.node import get_node
@@ -10,8 +10,14 @@ from . import sources
 
 @pytest.fixture
 def registry(settings, vanilla_settings):
-    settings.VANILLA = {**settings.VANILLA, "SOURCE_REGISTRY": "tests.pubsub.sources.registry"}
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    close_sync_thread_connections()
+    settings.VANILLA = {
+        **settings.VANILLA,
+        "SOURCE_REGISTRY": "tests.pubsub.sources.registry",
+    }
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}
+    }
     sources.registry.sources.clear()
     sources.registry.add(sources.TrackingSource("chat"))
     return sources.registry
@@ -19,10 +25,16 @@ def registry(settings, vanilla_settings):
 
 @pytest.fixture
 async def node(registry):
-    # Channels closes stale database connections before each message, in
-    # asgiref's thread; one left open there by an earlier test that had the
-    # database would be checked, and these tests have none.
-    await sync_to_async(connections.close_all)()
     node = get_node()
     yield node
     await node.close()
+
+
+def close_sync_thread_connections():
+    """
+    Close the database connections that earlier tests left open in asgiref's
+    thread for sync code. Channels' consumers look at those connections on
+    every event (``aclose_old_connections``), which pytest-django refuses in
+    a test without database access.
+    """
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)

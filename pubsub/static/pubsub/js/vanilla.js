@@ -13,8 +13,10 @@
  *
  * Reconnects back off exponentially with full jitter. After a reconnect every
  * live subscription is sent again with `since`, the last seq it saw, so the
- * server replays what was missed; a publication is never delivered twice
- * and seqs never go backwards. docs/client.md has the whole story.
+ * server replays what was missed; after an `overflow` error (the page read
+ * too slowly) the subscription is sent again with the seq before the gap.
+ * A publication is never delivered twice and seqs never go backwards.
+ * docs/client.md has the whole story.
  *
  * @module vanilla
  */
@@ -268,7 +270,8 @@ class Topic {
  * - "error" (errorFrameOrError): every error frame from the server, and a
  *   CloseError when a terminal close code ends the connection.
  * - "resume" ({source, params, resumed, since}): a subscription was sent
- *   again after a reconnect. `resumed` false means publications were missed.
+ *   again after a reconnect or an overflow. `resumed` false means
+ *   publications were missed.
  */
 export class VanillaClient {
   #WebSocket;
@@ -553,18 +556,38 @@ export class VanillaClient {
         topic.sent = false;
       }
       topic.notify("onError", frame);
+      if (topic.live && frame.code === ErrorCode.OVERFLOW) {
+        this.#resumeAfterGap(topic, frame.last_seq);
+      }
     }
     this.#emit("error", frame);
   }
 
-  #sendSubscribe(topic) {
+  /**
+   * The server dropped publications of `topic` after seq `since` because the
+   * page read too slowly. End that server subscription and start another,
+   * under a new id, that replays them from the topic's history; whatever is
+   * still on its way for the old id is ignored.
+   */
+  #resumeAfterGap(topic, since) {
+    if (!Number.isInteger(since)) return;
+    this.#send({ op: ClientOp.UNSUBSCRIBE, id: topic.id });
+    this.#byId.delete(topic.id);
+    topic.id = `s${this.#nextId++}`;
+    this.#byId.set(topic.id, topic);
+    topic.live = false;
+    this.#sendSubscribe(topic, since);
+  }
+
+  /** `since`: the seq to resume after; by default the last one delivered. */
+  #sendSubscribe(topic, since = topic.confirmed ? topic.lastSeq : null) {
     const frame = {
       op: ClientOp.SUBSCRIBE,
       id: topic.id,
       source: topic.source,
       params: topic.params,
     };
-    topic.since = topic.confirmed ? topic.lastSeq : null;
+    topic.since = since;
     if (topic.since !== null) frame.since = topic.since;
     topic.sent = this.#send(frame);
   }
