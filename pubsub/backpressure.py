@@ -95,9 +95,14 @@ def watch(scope, on_resume):
 
 def limit_message_size(scope, limit):
     """
-    Make daphne refuse messages over ``limit`` bytes as soon as a frame
-    header announces them, instead of after buffering up to its own limit
-    (1 MiB by default). True if the server could be told.
+    Make daphne refuse frames over ``limit`` bytes as soon as their header
+    announces them, instead of after buffering up to its own limit (1 MiB by
+    default). True if the server could be told.
+
+    autobahn applies its message limit to what is sent as well, so that limit
+    stays daphne's: publications may be larger than what clients may send. A
+    message fragmented into small frames is buffered up to daphne's limit,
+    then refused by the consumer (1009 too).
 
     autobahn, daphne's websocket library, drops the TCP connection on such a
     violation by default, which a client sees as 1006, not knowing why; it
@@ -106,9 +111,8 @@ def limit_message_size(scope, limit):
     close handshake timeout for the client.
     """
     protocol = scope.get(SCOPE_KEY)
-    if protocol is None or not hasattr(protocol, "maxMessagePayloadSize"):
+    if protocol is None or not hasattr(protocol, "maxFramePayloadSize"):
         return False
-    protocol.maxMessagePayloadSize = limit
     protocol.maxFramePayloadSize = limit
     protocol.failByDrop = False
     return True

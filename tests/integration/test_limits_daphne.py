@@ -177,6 +177,16 @@ async def test_a_reader_that_stops_reading_gets_the_newest_and_every_gap_told(se
     client.close()
 
 
+async def test_a_publication_larger_than_the_frame_limit_reaches_the_client(server):
+    """The 64 KiB limit is on what clients send, not on what they receive."""
+    client = await Client.open(server)
+    await client.subscribe("big", "ticker", {})
+    await apublish(Topic.of("ticker", {}), "y" * 200_000)
+    frame = await client.receive_op("data", id="big")
+    assert frame["data"] == "y" * 200_000
+    await client.close()
+
+
 async def test_a_reader_that_stops_reading_a_close_source_is_closed_with_4051(server):
     """A source whose overflow policy is "close" ends the slow reader's connection."""
     client = await asyncio.to_thread(
