@@ -26,6 +26,10 @@ class SourceDoesNotExist(KeyError):
         return f"no data source is named {self.name!r}"
 
 
+class PublicationTooLarge(ValueError):
+    """A publication, encoded, is over ``MAX_PUBLICATION_BYTES``."""
+
+
 class InvalidParams(ValueError):
     """A subscription's params do not validate against its source's schema."""
 

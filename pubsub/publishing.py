@@ -11,6 +11,7 @@ import time
 
 from .conf import option
 from .connection import Keys, async_client, script as _script, sync_client
+from .exceptions import PublicationTooLarge
 from .protocol import SourceState
 from .topics import Topic
 
@@ -61,6 +62,14 @@ def encode_publication(topic, data, extra=None):
 def _publish_args(topic, data, history_size, extra):
     keys = Keys()
     size = history_size or option("HISTORY_SIZE")
+    encoded = encode_publication(topic, data, extra)
+    # Characters never outnumber bytes: only a long text is measured.
+    limit = option("MAX_PUBLICATION_BYTES")
+    if len(encoded) > limit // 4 and len(encoded.encode()) > limit:
+        raise PublicationTooLarge(
+            f"a publication to {topic.key} of {len(encoded.encode())} bytes is "
+            f"over the limit of {limit} (MAX_PUBLICATION_BYTES)"
+        )
     return (
         [
             keys.seq(topic.key),
@@ -69,7 +78,7 @@ def _publish_args(topic, data, history_size, extra):
             keys.states,
             keys.last_publication,
         ],
-        [encode_publication(topic, data, extra), size, topic.key, _now_ms()],
+        [encoded, size, topic.key, _now_ms()],
     )
 
 
@@ -77,6 +86,7 @@ def publish(topic, data, *, history_size=None, extra=None):
     """
     Publish ``data`` (anything JSON can encode) to every subscriber of
     ``topic`` (a Topic, or a ``(source, params)`` pair) and return its seq.
+    Raises PublicationTooLarge (a ValueError) beyond MAX_PUBLICATION_BYTES.
     """
     topic = _as_topic(topic)
     keys, args = _publish_args(topic, data, history_size, extra)

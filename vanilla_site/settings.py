@@ -189,6 +189,8 @@ VANILLA = {
     "JANITOR_INTERVAL": env_number("JANITOR_INTERVAL", 1.0, float),
     # Publications kept per topic for resume, unless a source says otherwise.
     "HISTORY_SIZE": env_number("HISTORY_SIZE", 1000),
+    # Larger publications are refused; daphne sends at most 1 MiB a message.
+    "MAX_PUBLICATION_BYTES": env_number("MAX_PUBLICATION_BYTES", 1_000_000),
     # Limits on what one connection may do.
     "MAX_FRAME_BYTES": env_number("MAX_FRAME_BYTES", 64 * 1024),
     "MAX_PARAMS_BYTES": env_number("MAX_PARAMS_BYTES", 4 * 1024),

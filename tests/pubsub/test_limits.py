@@ -11,8 +11,9 @@ import pytest
 
 from pubsub.conf import DEFAULTS
 from pubsub.connection import Keys, sync_client
+from pubsub.exceptions import PublicationTooLarge
 from pubsub.outbox import Outbox
-from pubsub.publishing import apublish
+from pubsub.publishing import apublish, publish
 from pubsub.subscriptions import snapshot
 from pubsub.topics import Topic
 
@@ -525,3 +526,16 @@ async def test_connections_over_the_maximum_are_refused_with_4052(
     )
     for client in (held[1], again):
         await client.disconnect()
+
+
+def test_a_publication_over_the_limit_is_refused_and_not_kept(settings, vanilla_settings):
+    """publish() refuses it with a ValueError naming the limit; no seq is used."""
+    limit(settings, MAX_PUBLICATION_BYTES=10_000)
+    topic = Topic.of("chat", {"room": "big"})
+    assert publish(topic, "é" * 4_000) == 1
+
+    with pytest.raises(PublicationTooLarge, match="MAX_PUBLICATION_BYTES"):
+        publish(topic, "é" * 5_000)
+    assert issubclass(PublicationTooLarge, ValueError)
+    assert publish(topic, "ok") == 2
+    assert sync_client().xlen(Keys().history(topic.key)) == 2

@@ -9,6 +9,7 @@ PROTOCOL_MD = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 LIMITS = (
     "MAX_FRAME_BYTES",
     "MAX_PARAMS_BYTES",
+    "MAX_PUBLICATION_BYTES",
     "MAX_SUBSCRIPTIONS",
     "MAX_CONNECTIONS",
     "RATE_LIMIT",
