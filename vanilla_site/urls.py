@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 from django.views.generic import TemplateView
 
 from datasources.monitor import live_sources_view
@@ -15,4 +15,5 @@ urlpatterns = [
         name="live-sources",
     ),
     path("admin/", admin.site.urls),
+    path("api/", include("pubsub.urls")),
 ]
