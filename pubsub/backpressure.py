@@ -25,6 +25,7 @@ outbox drains at once.
 import functools
 import logging
 
+from twisted.internet import tcp
 from twisted.web.http import HTTPChannel
 
 logger = logging.getLogger(__name__)
@@ -135,3 +136,68 @@ def linger_on_close(scope, seconds):
     protocol = scope.get(SCOPE_KEY)
     if protocol is not None and hasattr(protocol, "closeHandshakeTimeout"):
         protocol.closeHandshakeTimeout = seconds
+
+
+class DirectWriter:
+    """
+    Sends text frames of daphne's websocket straight to its socket.
+
+    A frame sent through ASGI passes daphne, autobahn's framing and Twisted's
+    write buffer, which waits for the reactor's next turn: about 50 µs a
+    frame on our machines, against some 15 µs for building the frame and
+    sending it at once. A publication goes to every subscriber, so this is
+    where a server's time goes. The direct path is taken only while it cannot
+    reorder or garble anything: the websocket is open, frames are not
+    compressed, the transport is plain TCP (TLS needs Twisted), and Twisted
+    holds nothing unsent for the socket. What the socket does not take goes
+    to Twisted's buffer, and later frames take the usual path behind it.
+    """
+
+    def __init__(self, protocol):
+        self.protocol = protocol
+        self.transport = protocol.transport
+        self.socket = protocol.transport.socket
+
+    def write(self, text):
+        """Send ``text`` as one frame; False if the caller must send it."""
+        protocol, transport = self.protocol, self.transport
+        if (
+            protocol.state != protocol.STATE_OPEN
+            or protocol._perMessageCompress is not None
+            or transport.disconnecting
+            or transport._tempDataBuffer
+            or transport.offset < len(transport.dataBuffer)
+        ):
+            return False
+        payload = text.encode()
+        frame = _text_frame_header(len(payload)) + payload
+        try:
+            sent = self.socket.send(frame)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            # Nothing went out; Twisted will meet the same error and close.
+            return False
+        if sent < len(frame):
+            transport.write(frame[sent:])
+        return True
+
+
+def _text_frame_header(length):
+    """A final, unmasked text frame's header (RFC 6455, section 5.2)."""
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 65536:
+        return bytes((0x81, 126)) + length.to_bytes(2, "big")
+    return bytes((0x81, 127)) + length.to_bytes(8, "big")
+
+
+def direct_writer(scope):
+    """A DirectWriter for the socket of ``scope``, or None where there is none."""
+    protocol = scope.get(SCOPE_KEY)
+    transport = getattr(protocol, "transport", None)
+    if not isinstance(transport, tcp.Server) or not hasattr(
+        protocol, "_perMessageCompress"
+    ):
+        return None
+    return DirectWriter(protocol)

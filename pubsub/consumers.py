@@ -69,7 +69,9 @@ class SubscriptionConsumer(Delivery, AsyncWebsocketConsumer):
         self.room = asyncio.Event()
         self.tasks = set()
         self.writer = None
+        self.writing = False
         self.pressure = None
+        self.direct = None
         self.token = self.scope.get(auth.GRANT_KEY)
         subprotocol = auth.chosen_subprotocol(self.scope)
 
@@ -81,6 +83,7 @@ class SubscriptionConsumer(Delivery, AsyncWebsocketConsumer):
         self.node.attach(self)
         backpressure.limit_message_size(self.scope, option("MAX_FRAME_BYTES"))
         self.pressure = backpressure.watch(self.scope, self.wakeup.set)
+        self.direct = backpressure.direct_writer(self.scope)
         self.writer = asyncio.create_task(self.write_loop())
         if self.token is not None:
             auth.token_watch().add(self.token, self)

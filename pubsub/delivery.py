@@ -79,9 +79,12 @@ class Delivery:
     """
     The outbound half of ``SubscriptionConsumer``: history, live publications
     and status frames for its subscriptions, and the writer that drains its
-    outbox into the socket. It uses the consumer's ``subscriptions``,
-    ``by_topic``, ``outbox``, ``closing``, ``tasks``, ``wakeup``, ``room`` and
-    ``pressure``, and its ``abandon()``, ``fail()`` and ``note_error()``.
+    outbox into the socket. A frame with nothing queued before it skips the
+    outbox and goes straight to the socket where daphne's allows it
+    (``direct``). It uses the consumer's ``subscriptions``, ``by_topic``,
+    ``outbox``, ``closing``, ``tasks``, ``wakeup``, ``room``, ``pressure``,
+    ``direct`` and ``writing``, and its ``abandon()``, ``fail()`` and
+    ``note_error()``.
     """
 
     # --- history and resume ----------------------------------------------------
@@ -287,6 +290,16 @@ class Delivery:
     def enqueue(self, subscription, text, seq=None):
         if self.closing:
             return
+        # Straight to the socket when nothing is queued before this frame
+        # (backpressure.DirectWriter says when the socket allows it).
+        if (
+            self.direct is not None
+            and not self.writing
+            and not self.outbox
+            and not self.outbox.gaps
+            and self.direct.write(text)
+        ):
+            return
         if self.outbox.put(subscription, text, seq):
             self.wakeup.set()
         else:
@@ -352,11 +365,17 @@ class Delivery:
         """Send queued frames until the outbox is empty or the socket is full."""
         outbox = self.outbox
         pressure = self.pressure
-        while outbox and not self.close_sent and not (pressure and pressure.paused):
-            subscription, text, seq = outbox.get()
-            if seq is not None:
-                await self.tell_gap(subscription)
-            await self.send_text(text)
+        self.writing = True
+        try:
+            while (
+                outbox and not self.close_sent and not (pressure and pressure.paused)
+            ):
+                subscription, text, seq = outbox.get()
+                if seq is not None:
+                    await self.tell_gap(subscription)
+                await self.send_text(text)
+        finally:
+            self.writing = False
         self.room.set()
         if not outbox and not self.close_sent:
             # Subscriptions that lost every publication they had queued.

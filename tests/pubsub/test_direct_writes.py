@@ -1,0 +1,100 @@
+"""
+backpressure.DirectWriter: text frames written straight to a socket, as RFC
+6455 frames them, and only while nothing else is waiting to be sent.
+"""
+import socket
+import threading
+
+import pytest
+
+from pubsub.backpressure import DirectWriter
+
+
+class Transport:
+    """The parts of Twisted's TCP transport that DirectWriter reads."""
+
+    def __init__(self, sock):
+        self.socket = sock
+        self.disconnecting = False
+        self.dataBuffer = b""
+        self.offset = 0
+        self._tempDataBuffer = []
+        self.written = []
+
+    def write(self, data):
+        self.written.append(data)
+
+
+class Protocol:
+    STATE_OPEN = 1
+
+    def __init__(self, transport):
+        self.transport = transport
+        self.state = self.STATE_OPEN
+        self._perMessageCompress = None
+
+
+@pytest.fixture
+def pair():
+    server, client = socket.socketpair()
+    server.setblocking(False)
+    yield server, client
+    server.close()
+    client.close()
+
+
+def read_frame(sock):
+    """One unmasked frame from ``sock``: (first byte, payload)."""
+    head = sock.recv(2, socket.MSG_WAITALL)
+    length = head[1] & 0x7F
+    if length == 126:
+        length = int.from_bytes(sock.recv(2, socket.MSG_WAITALL), "big")
+    elif length == 127:
+        length = int.from_bytes(sock.recv(8, socket.MSG_WAITALL), "big")
+    return head[0], sock.recv(length, socket.MSG_WAITALL)
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 300_000])
+def test_frames_of_every_length_class_read_back(pair, size):
+    server, client = pair
+    # Small buffers, so that the socket takes only a part of the larger frames.
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    transport = Transport(server)
+    writer = DirectWriter(Protocol(transport))
+    text = "é" * (size // 2) + "x" * (size % 2)
+
+    assert writer.write(text)
+    if size == 300_000:
+        assert transport.written, "the socket took the whole frame"
+    # Where the socket took a part only, the rest went to Twisted's buffer,
+    # which sends it next.
+    server.setblocking(True)
+    rest = threading.Thread(target=server.sendall, args=(b"".join(transport.written),))
+    rest.start()
+    first, payload = read_frame(client)
+    rest.join(10)
+    assert first == 0x81
+    assert payload.decode() == text
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda protocol: setattr(protocol, "state", 2),
+        lambda protocol: setattr(protocol, "_perMessageCompress", object()),
+        lambda protocol: setattr(protocol.transport, "disconnecting", True),
+        lambda protocol: protocol.transport._tempDataBuffer.append(b"x"),
+        lambda protocol: setattr(protocol.transport, "dataBuffer", b"xy"),
+    ],
+    ids=["closing", "compressed", "disconnecting", "queued", "buffered"],
+)
+def test_nothing_is_written_past_what_waits_or_a_closed_socket(pair, change):
+    server, client = pair
+    protocol = Protocol(Transport(server))
+    change(protocol)
+
+    assert not DirectWriter(protocol).write("hello")
+    client.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        client.recv(10)
