@@ -100,8 +100,8 @@ FULL = Settings(
     stall_pad=2048,
     stall_calm=4,
     stall_phase=20,
-    retakes=10,
-    retake_window=9 * 60,
+    retakes=6,
+    retake_window=8 * 60,
 )
 
 # Fewer and shorter points: a check that everything works, whose verdicts

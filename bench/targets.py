@@ -61,6 +61,9 @@ def flat_cpu(points, sweep, rate):
         return target, "–", UNMEASURED
     spread = max(figures.values()) / min(figures.values())
     text = ", ".join(f"{n}: {v:.0f} µs" for n, v in figures.items())
+    if max(figures, key=figures.get) == min(figures):
+        # A saturated server sends several frames per wakeup: cheaper, later.
+        text += " (highest at the fewest clients)"
     missing = [n for n in counts if n not in figures]
     if missing:
         text += f" (no valid point at {', '.join(map(str, missing))})"
@@ -148,8 +151,18 @@ def churn_isolation(points, cycles):
     )
 
 
+#: The issue puts no number on "does not slow the others": a p99 of the steady
+#: clients no worse than 1.2× the calm phase's, as for churn, or no more than
+#: this many seconds above it, since at a few milliseconds one scheduling
+#: hiccup of a shared core is already 20 %.
+STALL_SLACK = 0.005
+
+
 def stall_isolation(points, offered_bytes):
-    target = "a reader that stops: server memory bounded, the others not slowed"
+    target = (
+        "a reader that stops: server memory bounded, the others not slowed "
+        f"(p99 ≤ 1.2× calm or +{STALL_SLACK * 1000:.0f} ms)"
+    )
     calm = _phase(points, "vanilla", name="calm")
     stalled = _phase(points, "vanilla", name="stalled")
     if not (calm and stalled and calm["p99"] and stalled["p99"]):
@@ -160,11 +173,12 @@ def stall_isolation(points, offered_bytes):
     factor = stalled["p99"] / calm["p99"]
     share = stalled["delivered"] / stalled["offered"] if stalled["offered"] else 0
     bounded = growth < 0.25 * offered_bytes / 2
+    unslowed = stalled["p99"] <= max(1.2 * calm["p99"], calm["p99"] + STALL_SLACK)
     return (
         target,
         f"RSS +{growth / 2**20:.1f} MB over the second half (unbounded would be "
         f"≈{offered_bytes / 2 / 2**20:.1f} MB); others: delivered {share:.4f}, "
         f"p99 {calm['p99'] * 1000:.1f} → {stalled['p99'] * 1000:.1f} ms = "
         f"{factor:.2f}×",
-        _verdict(bounded and share >= 1.0 and factor <= 1.2),
+        _verdict(bounded and share >= 1.0 and unslowed),
     )
