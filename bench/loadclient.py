@@ -4,7 +4,9 @@ A load client: many websocket connections in one asyncio process.
 It speaks just enough RFC 6455 to be cheap per frame: the server's frames are
 parsed from raw bytes, and a data frame is never decoded as JSON; one regular
 expression pulls out its publisher timestamp and its number ``n``. All frames
-that arrive in one read share one clock reading.
+that arrive in one read share one clock reading. A publication stamped before
+its connection subscribed, such as the latest value Vanilla sends on
+subscribe, is not a delivery of the point and is not counted.
 
 The driver (``bench.suite``) starts it with a plan (JSON, first argument),
 sends commands as JSON lines on stdin and reads events as JSON lines on
@@ -91,6 +93,9 @@ class Connection(asyncio.Protocol):
         self.close_code = None
         self.last_n = -1
         self.frames = 0
+        # When the connection asked to subscribe: publications stamped earlier
+        # are the latest value a server sends on subscribe, not deliveries.
+        self.since = float("inf")
 
     # --- opening -------------------------------------------------------------
 
@@ -174,6 +179,8 @@ class Connection(asyncio.Protocol):
             stats = self.client.stats
             match = stats.pattern.search(payload)
             if match is not None:
+                if float(match[1]) < self.since:
+                    return
                 n = int(match[2])
                 phase = stats.phase_of(n)
                 if n > self.last_n:
@@ -287,6 +294,7 @@ class LoadClient:
                     )
                 await connection.open
                 if role in ("steady", "stall"):
+                    connection.since = time.time()
                     await connection.request(connection.subscribe_frame("a"))
         except (OSError, ConnectionError, TimeoutError, RuntimeError) as exc:
             if connection.transport is not None:
