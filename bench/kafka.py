@@ -17,7 +17,9 @@ CONSUMER_WAIT = 60.0
 def admin(bootstrap):
     from confluent_kafka.admin import AdminClient
 
-    return AdminClient({"bootstrap.servers": bootstrap})
+    # Warnings and errors only: at its default level librdkafka tells the
+    # driver's output about events it purges on closing.
+    return AdminClient({"bootstrap.servers": bootstrap, "log_level": 4})
 
 
 # The admin client must outlive its futures: one that is garbage-collected
