@@ -134,10 +134,6 @@ class Server:
             await wait_for_port(self.port, timeout, self.popen)
         return self
 
-    @property
-    def pid(self):
-        return self.popen.pid
-
     def alive(self):
         return self.popen is not None and self.popen.poll() is None
 
@@ -202,10 +198,6 @@ class Child:
                 await self.events.put({"event": "exit"})
                 return
             await self.events.put(json.loads(line))
-
-    @property
-    def pid(self):
-        return self.proc.pid
 
     async def expect(self, event, timeout):
         """The next event named ``event``; an exit or timeout raises."""

@@ -4,8 +4,6 @@ Latency histograms that load clients fill cheaply and the driver merges.
 Buckets are 0.1 ms wide below 100 ms and 1 ms wide up to 10 s; anything slower
 lands in the last bucket. The exact maximum is kept beside the buckets.
 """
-import statistics
-
 FINE_LIMIT_US = 100_000
 COARSE_LIMIT_US = 10_000_000
 FINE_BUCKETS = FINE_LIMIT_US // 100
@@ -72,7 +70,3 @@ class Histogram:
         histogram.max = data["max"]
         return histogram
 
-
-def median(values):
-    values = [value for value in values if value is not None]
-    return statistics.median(values) if values else None
