@@ -1,0 +1,61 @@
+"""
+Baseline 1: a pure-Python broadcast server.
+
+asyncio and the ``websockets`` library, no framework: one Redis pattern
+subscription, and ``websockets.broadcast()`` writes each publication to every
+subscriber's socket from the same encoded frame.
+
+    python -m bench.baselines.pure --port 8001
+"""
+import argparse
+import asyncio
+
+import redis.asyncio
+from websockets.asyncio.server import broadcast, serve
+
+from . import PREFIX, REDIS_URL, parse, reply
+
+topics = {}
+
+
+async def handle(connection):
+    held = {}
+    try:
+        async for text in connection:
+            op, id, key = parse(text)
+            if op == "subscribe":
+                topics.setdefault(key, set()).add(connection)
+                held[id] = key
+                await connection.send(reply("subscribed", id))
+            elif op == "unsubscribe":
+                key = held.pop(id, None)
+                if key is not None and key not in held.values():
+                    topics.get(key, set()).discard(connection)
+                await connection.send(reply("unsubscribed", id))
+    finally:
+        for key in held.values():
+            topics.get(key, set()).discard(connection)
+
+
+async def relay():
+    client = redis.asyncio.Redis.from_url(REDIS_URL, decode_responses=True)
+    pubsub = client.pubsub()
+    await pubsub.psubscribe(f"{PREFIX}:*")
+    start = len(PREFIX) + 1
+    async for message in pubsub.listen():
+        if message["type"] == "pmessage":
+            members = topics.get(message["channel"][start:])
+            if members:
+                broadcast(members, message["data"])
+
+
+async def main(port):
+    relaying = asyncio.create_task(relay())
+    async with serve(handle, "127.0.0.1", port, compression=None) as server:
+        await asyncio.gather(server.serve_forever(), relaying)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    asyncio.run(main(parser.parse_args().port))
