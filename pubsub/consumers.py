@@ -47,10 +47,17 @@ logger = logging.getLogger(__name__)
 class SubscriptionConsumer(Delivery, AsyncWebsocketConsumer):
     """Speaks the subscription protocol; knows sources only by name."""
 
+    # Publications come through the node's hub, never the channel layer: a
+    # layer channel per connection would cost a receive task, Redis work and
+    # about 16 KB each, for nothing.
+    channel_layer_alias = None
+
     # --- connection lifecycle --------------------------------------------------
 
     async def connect(self):
         self.node = get_node()
+        # What the logs call this connection (Channels names only layer users).
+        self.channel_name = self.node.connection_name()
         self.subscriptions = {}
         self.by_topic = {}
         self.outbox = Outbox(option("OUTBOX_SIZE"))

@@ -22,6 +22,7 @@ class Node:
         self.registry.members = self.members
         self.janitor = Janitor(self.registry)
         self.connections = set()
+        self.named = 0
         # Connections refused since the process was last below its maximum.
         self.refused = 0
         logger.info("server process %s joined", self.registry.process_id)
@@ -29,6 +30,11 @@ class Node:
     def members(self):
         """Topic key -> how many of this process's connections watch it."""
         return {key: len(members) for key, members in self.hub.members.items()}
+
+    def connection_name(self):
+        """A name for a new connection, unique in the cluster."""
+        self.named += 1
+        return f"{self.registry.process_id}.{self.named}"
 
     def attach(self, connection):
         if self.refused:
