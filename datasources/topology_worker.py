@@ -27,8 +27,10 @@ from .records import DeadLetters, PoisonRecord, coordinates, publications, where
 logger = logging.getLogger("datasources.topology")
 kafka_logger = logging.getLogger("datasources.topology.kafka")
 
-#: Seconds a worker waits for records in one poll.
+#: Seconds an on-demand worker nobody watches waits between two looks.
 POLL_TIMEOUT = 0.2
+#: Seconds a poll waits for a batch to fill: what arrives meanwhile waits too.
+BATCH_WAIT = 0.02
 #: Records handled between two polls, and the seconds they may take: the rest
 #: of a slower batch is fetched again, so that the consumer keeps polling well
 #: within max.poll.interval.ms.
@@ -169,7 +171,7 @@ class TopologyWorker:
         consumer = self._open()
         if consumer is None:
             return
-        messages = consumer.consume(BATCH_SIZE, POLL_TIMEOUT)
+        messages = consumer.consume(BATCH_SIZE, BATCH_WAIT)
         deadline = time.monotonic() + BATCH_BUDGET
         for index, message in enumerate(messages):
             # Finish the record in hand only: the rest stays uncommitted.
