@@ -4,6 +4,7 @@ Pub-Sub through, from the outside in: the socket probe (``pubsub.backpressure``,
 outermost, as it needs daphne's own ``send``), the Origin check, session
 authentication, access-token authentication (``pubsub.auth``).
 """
+
 import os
 
 from django.core.asgi import get_asgi_application
@@ -23,7 +24,9 @@ application = ProtocolTypeRouter(
         "http": django_asgi_app,
         "websocket": SocketMiddleware(
             OriginValidator.for_allowed_hosts(
-                AuthMiddlewareStack(TokenAuthMiddleware(URLRouter(websocket_urlpatterns)))
+                AuthMiddlewareStack(
+                    TokenAuthMiddleware(URLRouter(websocket_urlpatterns))
+                )
             )
         ),
     }

@@ -5,6 +5,7 @@ Every setting an operator may change is read from an environment variable named
 ``VANILLA_*``; the defaults run everything on loopback with SQLite, which is what
 the demo and the tests use. The README has the full table.
 """
+
 import os
 from pathlib import Path
 
@@ -116,7 +117,9 @@ DATABASES = {
         # a lock instead of failing at once.
         "OPTIONS": {"timeout": 20} if "sqlite" in env("DB_ENGINE", "sqlite") else {},
         # A file, so that the processes the tests start share the test data.
-        "TEST": {"NAME": env("TEST_DB_NAME", str(BASE_DIR / ".services" / "test.sqlite3"))},
+        "TEST": {
+            "NAME": env("TEST_DB_NAME", str(BASE_DIR / ".services" / "test.sqlite3"))
+        },
     }
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -40,7 +40,9 @@ class Migration(migrations.Migration):
                     "group_id",
                     models.CharField(
                         blank=True,
-                        help_text="Kafka consumer group; vanilla-<name> when left empty.",
+                        help_text=(
+                            "Kafka consumer group; vanilla-<name> when left empty."
+                        ),
                         max_length=255,
                         verbose_name="consumer group",
                     ),
@@ -49,7 +51,10 @@ class Migration(migrations.Migration):
                     "source",
                     models.CharField(
                         choices=datasources.models.stream_source_choices,
-                        help_text="The stream source whose route() maps each record to topics.",
+                        help_text=(
+                            "The stream source whose route() maps each record to "
+                            "topics."
+                        ),
                         max_length=40,
                         verbose_name="data source",
                     ),
@@ -63,7 +68,11 @@ class Migration(migrations.Migration):
                             ("committed", "committed (resume only, never guess)"),
                         ],
                         default="latest",
-                        help_text="Where a partition starts when the group has no committed offset for it. With one, the group always resumes from it. 'committed' reports an error instead of guessing.",
+                        help_text=(
+                            "Where a partition starts when the group has no committed "
+                            "offset for it. With one, the group always resumes from "
+                            "it. 'committed' reports an error instead of guessing."
+                        ),
                         max_length=10,
                     ),
                 ),
@@ -82,7 +91,10 @@ class Migration(migrations.Migration):
                     "dead_letter_topic",
                     models.CharField(
                         blank=True,
-                        help_text="Where records that cannot be published go; empty to drop them.",
+                        help_text=(
+                            "Where records that cannot be published go; empty to drop "
+                            "them."
+                        ),
                         max_length=249,
                         validators=[datasources.models.validate_kafka_topic],
                     ),

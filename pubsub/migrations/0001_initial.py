@@ -15,21 +15,60 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='AccessToken',
+            name="AccessToken",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(help_text='What or who uses it.', max_length=100)),
-                ('prefix', models.CharField(editable=False, help_text="The secret's first characters, to recognise it.", max_length=10)),
-                ('digest', models.CharField(editable=False, max_length=64, unique=True)),
-                ('created', models.DateTimeField(auto_now_add=True)),
-                ('expires', models.DateTimeField(blank=True, help_text='Empty: until revoked.', null=True)),
-                ('revoked', models.DateTimeField(blank=True, editable=False, null=True)),
-                ('last_used', models.DateTimeField(blank=True, editable=False, null=True)),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='vanilla_tokens', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True,
+                        primary_key=True,
+                        serialize=False,
+                        verbose_name="ID",
+                    ),
+                ),
+                (
+                    "name",
+                    models.CharField(help_text="What or who uses it.", max_length=100),
+                ),
+                (
+                    "prefix",
+                    models.CharField(
+                        editable=False,
+                        help_text="The secret's first characters, to recognise it.",
+                        max_length=10,
+                    ),
+                ),
+                (
+                    "digest",
+                    models.CharField(editable=False, max_length=64, unique=True),
+                ),
+                ("created", models.DateTimeField(auto_now_add=True)),
+                (
+                    "expires",
+                    models.DateTimeField(
+                        blank=True, help_text="Empty: until revoked.", null=True
+                    ),
+                ),
+                (
+                    "revoked",
+                    models.DateTimeField(blank=True, editable=False, null=True),
+                ),
+                (
+                    "last_used",
+                    models.DateTimeField(blank=True, editable=False, null=True),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="vanilla_tokens",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'access token',
-                'ordering': ['-created'],
+                "verbose_name": "access token",
+                "ordering": ["-created"],
             },
         ),
     ]

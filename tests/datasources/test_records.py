@@ -1,4 +1,5 @@
 """From a Kafka record to publications: what is published, what is poison."""
+
 import json
 
 import pytest
@@ -82,7 +83,9 @@ def test_a_record_of_exactly_the_limit_is_accepted():
 
 def test_a_topology_mapping_routes_instead_of_the_source():
     """Params from fields (dotted paths) or the key; payload from listed fields."""
-    record = Record({"flight": {"origin": "LGA", "number": 7}, "dest": "BOS"}, key=b"EWR")
+    record = Record(
+        {"flight": {"origin": "LGA", "number": 7}, "dest": "BOS"}, key=b"EWR"
+    )
     nested = RecordMapping({"airport": "flight.origin"}, ["dest"])
     [(topic, payload)] = publications(SOURCE, record, 1000, nested)
     assert topic.params == {"airport": "LGA"}

@@ -1,4 +1,5 @@
 """Topologies as admins configure them, and the start/stop API."""
+
 import pytest
 from django.core.exceptions import ValidationError
 from django.core.management import call_command
@@ -60,8 +61,14 @@ def test_source_must_be_a_registered_stream_source(source):
         ({"params_map": ["origin"]}, "params_map"),
         ({"params_map": {"airport": ""}}, "params_map"),
         ({"params_map": {"airport": 3}}, "params_map"),
-        ({"params_map": {"airport": "origin"}, "payload_fields": "flight"}, "payload_fields"),
-        ({"params_map": {"airport": "origin"}, "payload_fields": [""]}, "payload_fields"),
+        (
+            {"params_map": {"airport": "origin"}, "payload_fields": "flight"},
+            "payload_fields",
+        ),
+        (
+            {"params_map": {"airport": "origin"}, "payload_fields": [""]},
+            "payload_fields",
+        ),
         ({"payload_fields": ["flight"]}, "payload_fields"),
     ],
 )

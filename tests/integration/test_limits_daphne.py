@@ -240,7 +240,8 @@ async def test_a_foreign_origin_is_refused_with_4003_and_logged(server):
 
     assert (
         server.log().count(
-            "refused a websocket from Origin 'http://evil.example': not in ALLOWED_HOSTS"
+            "refused a websocket from Origin 'http://evil.example': "
+            "not in ALLOWED_HOSTS"
         )
         == 1
     )

@@ -4,6 +4,7 @@ The websocket consumer against real Redis, with test-double sources.
 Each test runs the consumer in-process through Channels' communicator; the
 hub, the subscription registry and the history are the real ones in Redis.
 """
+
 import asyncio
 import json
 
@@ -68,7 +69,11 @@ async def test_bad_frames_get_errors_and_connection_survives(node):
             "p",
             "invalid_params",
         ),
-        ({"op": "subscribe", "id": "q", "source": "chat", "params": []}, "q", "invalid_params"),
+        (
+            {"op": "subscribe", "id": "q", "source": "chat", "params": []},
+            "q",
+            "invalid_params",
+        ),
         ({"op": "unsubscribe", "id": "ghost"}, "ghost", "unknown_id"),
     ]
     for frame, id, code in cases:
@@ -172,8 +177,13 @@ async def test_resume_sends_missed_publications_in_order(node):
 
     await send(
         client,
-        {"op": "subscribe", "id": "r", "source": "chat", "params": {"room": "resume"},
-         "since": 2},
+        {
+            "op": "subscribe",
+            "id": "r",
+            "source": "chat",
+            "params": {"room": "resume"},
+            "since": 2,
+        },
     )
     frames = [await receive(client) for _ in range(5)]
     await apublish(topic, 6)
@@ -195,8 +205,13 @@ async def test_resume_beyond_history_says_so_and_sends_latest(node, registry):
 
     await send(
         client,
-        {"op": "subscribe", "id": "r", "source": "chat", "params": {"room": "short"},
-         "since": 5},
+        {
+            "op": "subscribe",
+            "id": "r",
+            "source": "chat",
+            "params": {"room": "short"},
+            "since": 5,
+        },
     )
     reply = await receive(client)
     await receive(client)

@@ -3,6 +3,7 @@ The limits on one connection and one process: frame size, subscriptions,
 inbound rate, the bounded outbox with its overflow policies, and the number
 of connections. Each has a safe default and a ``VANILLA`` setting.
 """
+
 import asyncio
 import logging
 import time
@@ -528,7 +529,9 @@ async def test_connections_over_the_maximum_are_refused_with_4052(
         await client.disconnect()
 
 
-def test_a_publication_over_the_limit_is_refused_and_not_kept(settings, vanilla_settings):
+def test_a_publication_over_the_limit_is_refused_and_not_kept(
+    settings, vanilla_settings
+):
     """publish() refuses it with a ValueError naming the limit; no seq is used."""
     limit(settings, MAX_PUBLICATION_BYTES=10_000)
     topic = Topic.of("chat", {"room": "big"})
