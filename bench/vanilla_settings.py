@@ -5,7 +5,8 @@ Every Pub-Sub option keeps its default (or its ``VANILLA_*`` variable); the
 only addition is the ``bench`` app, whose ``ready()`` registers the sources
 the scenarios subscribe to (``bench.sources``).
 """
-from vanilla_site.settings import *  # noqa: F401,F403
-from vanilla_site.settings import INSTALLED_APPS
+import vanilla_site.settings as site
 
-INSTALLED_APPS = [*INSTALLED_APPS, "bench"]
+globals().update((name, value) for name, value in vars(site).items() if name.isupper())
+
+INSTALLED_APPS = [*site.INSTALLED_APPS, "bench"]
