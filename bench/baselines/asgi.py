@@ -10,26 +10,19 @@ can do per delivery; it has no outbox, so it is unbounded for slow readers.
 """
 import asyncio
 
-import redis.asyncio
-
-from . import PREFIX, REDIS_URL, parse, reply
+from . import parse, publications, reply
 
 topics = {}
 relaying = None
 
 
 async def relay():
-    client = redis.asyncio.Redis.from_url(REDIS_URL, decode_responses=True)
-    pubsub = client.pubsub()
-    await pubsub.psubscribe(f"{PREFIX}:*")
-    start = len(PREFIX) + 1
-    async for message in pubsub.listen():
-        if message["type"] == "pmessage":
-            members = topics.get(message["channel"][start:])
-            if members:
-                event = {"type": "websocket.send", "text": message["data"]}
-                for send in tuple(members):
-                    await send(event)
+    async for key, text in publications():
+        members = topics.get(key)
+        if members:
+            event = {"type": "websocket.send", "text": text}
+            for send in tuple(members):
+                await send(event)
 
 
 async def application(scope, receive, send):

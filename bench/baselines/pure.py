@@ -10,10 +10,9 @@ subscriber's socket from the same encoded frame.
 import argparse
 import asyncio
 
-import redis.asyncio
 from websockets.asyncio.server import broadcast, serve
 
-from . import PREFIX, REDIS_URL, parse, reply
+from . import parse, publications, reply
 
 topics = {}
 
@@ -38,15 +37,10 @@ async def handle(connection):
 
 
 async def relay():
-    client = redis.asyncio.Redis.from_url(REDIS_URL, decode_responses=True)
-    pubsub = client.pubsub()
-    await pubsub.psubscribe(f"{PREFIX}:*")
-    start = len(PREFIX) + 1
-    async for message in pubsub.listen():
-        if message["type"] == "pmessage":
-            members = topics.get(message["channel"][start:])
-            if members:
-                broadcast(members, message["data"])
+    async for key, text in publications():
+        members = topics.get(key)
+        if members:
+            broadcast(members, text)
 
 
 async def main(port):
