@@ -8,7 +8,6 @@ import time
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.db import connection
 
 from ..wsclient import Client
 from .topology_helpers import departures, make_topology, start_runner, status
@@ -16,24 +15,11 @@ from .topology_helpers import departures, make_topology, start_runner, status
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
-@sync_to_async
-def in_thread(function, *args):
-    """
-    ``function(*args)`` in asgiref's thread, closing the database connection
-    it opens there: a later test's consumer, in the same thread, would find it
-    open after the test database is gone.
-    """
-    try:
-        return function(*args)
-    finally:
-        connection.close()
-
-
 async def test_jfk_subscriber_gets_jfk_departures_only(processes, kafka_topics):
     """Within 5 s of a producer writing 30 departures (10 per airport), the JFK
     subscriber has all 10 JFK ones, in their order, and nothing else."""
     topic = kafka_topics.create(partitions=3)
-    topology = await in_thread(make_topology, topic)
+    topology = await sync_to_async(make_topology)(topic)
     server = processes.daphne()
     start_runner(processes, "runner", topology)
 
@@ -42,7 +28,7 @@ async def test_jfk_subscriber_gets_jfk_departures_only(processes, kafka_topics):
         return row is not None and row.state == "running" and len(row.partitions) == 3
 
     deadline = time.monotonic() + 30
-    while not await in_thread(assigned):
+    while not await sync_to_async(assigned)():
         assert time.monotonic() < deadline, processes.logs()
         await asyncio.sleep(0.2)
 
@@ -51,7 +37,7 @@ async def test_jfk_subscriber_gets_jfk_departures_only(processes, kafka_topics):
     assert reply["params"] == {"airport": "JFK"}
 
     produced_at = time.monotonic()
-    await in_thread(departures, topic, 30)
+    await sync_to_async(departures)(topic, 30)
 
     received = []
     while len(received) < 10:
