@@ -29,8 +29,9 @@ kafka_logger = logging.getLogger("datasources.topology.kafka")
 
 #: Seconds an on-demand worker nobody watches waits between two looks.
 POLL_TIMEOUT = 0.2
-#: Seconds a poll waits for a batch to fill: what arrives meanwhile waits too.
-BATCH_WAIT = 0.02
+#: Seconds a poll waits for a first record. It returns with that record and
+#: whatever came with it, so a busy topic's records do not wait for a batch.
+RECORD_WAIT = 0.1
 #: Records handled between two polls, and the seconds they may take: the rest
 #: of a slower batch is fetched again, so that the consumer keeps polling well
 #: within max.poll.interval.ms.
@@ -171,7 +172,9 @@ class TopologyWorker:
         consumer = self._open()
         if consumer is None:
             return
-        messages = consumer.consume(BATCH_SIZE, BATCH_WAIT)
+        messages = consumer.consume(1, RECORD_WAIT)
+        if messages:
+            messages += consumer.consume(BATCH_SIZE - 1, 0)
         deadline = time.monotonic() + BATCH_BUDGET
         for index, message in enumerate(messages):
             # Finish the record in hand only: the rest stays uncommitted.
