@@ -146,8 +146,8 @@ async def main(args):
     run.retake_until = began + settings.retake_window
     ports = service_ports(redis_url, bootstrap)
     with PinnedServices(ports, run.load_cpus) as pinned:
-        machine["pinned_services"] = sorted(pinned.saved)
-        run.services = {name: process for name, (process, _) in pinned.saved.items()}
+        machine["pinned_services"] = sorted(pinned.processes)
+        run.services = dict(pinned.processes)
         results = {}
         try:
             migrate(run)

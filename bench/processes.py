@@ -55,21 +55,31 @@ class PinnedServices:
     def __init__(self, ports, cpus):
         self.ports = ports
         self.cpus = list(cpus)
+        #: The services pinned, by name, and each thread's former affinity.
+        self.processes = {}
         self.saved = {}
 
     def __enter__(self):
+        # Every thread, not only the main one: sched_setaffinity() moves one
+        # thread, and a JVM's work runs in the threads it started long ago.
         for name, port in self.ports.items():
             process = self._own(name, port)
-            if process is not None:
-                self.saved[name] = (process, process.cpu_affinity())
-                process.cpu_affinity(self.cpus)
+            if process is None:
+                continue
+            self.processes[name] = process
+            for thread in process.threads():
+                try:
+                    self.saved[thread.id] = os.sched_getaffinity(thread.id)
+                    os.sched_setaffinity(thread.id, self.cpus)
+                except OSError:
+                    pass
         return self
 
     def __exit__(self, *exc_info):
-        for process, affinity in self.saved.values():
+        for thread, affinity in self.saved.items():
             try:
-                process.cpu_affinity(affinity)
-            except psutil.Error:
+                os.sched_setaffinity(thread, affinity)
+            except OSError:
                 pass
 
     def _own(self, name, port):

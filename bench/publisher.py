@@ -109,7 +109,7 @@ class Publisher:
 
         settings = self.plan["kafka"]
         producer = Producer(
-            {"bootstrap.servers": settings["bootstrap"], "linger.ms": 1, "acks": 1}
+            {"bootstrap.servers": settings["bootstrap"], "linger.ms": 5, "acks": 1}
         )
         topic = settings["topic"]
 

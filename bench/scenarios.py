@@ -257,7 +257,7 @@ async def kafka_to_websocket(run, settings):
         )
         run.servers.append(runner)
         started.append(runner)
-        await runner.start(run.load_cpus)
+        await runner.start(run.server_cpus)
         await kafka.wait_for_consumer(run.kafka_bootstrap, group)
         server.publisher_mode = "kafka"
         server.kafka = {"bootstrap": run.kafka_bootstrap, "topic": kafka_topic}

@@ -480,9 +480,13 @@ class Run:
         if published.count:
             figures["publish_p50"] = published.percentile(0.50)
             figures["publish_p99"] = published.percentile(0.99)
+        # Helpers (the topology runner) share the server's core: they are part
+        # of the system measured, not others taking it.
+        figures["helper_cpu"] = 0.0
         for kind in helpers:
             helper_cpu = sampler.cpu_seconds(kind, start, cpu_end)
             figures[f"{kind}_cpu"] = helper_cpu / cpu_span
+            figures["helper_cpu"] += helper_cpu / cpu_span
         figures.update(self.validity(figures))
         return figures
 
@@ -494,7 +498,8 @@ class Run:
         saturated = figures["client_cpu"] >= CLIENT_SATURATION * len(self.load_cpus)
         foreign = None
         if figures["server_core"] is not None and len(self.server_cpus) == 1:
-            foreign = max(0.0, figures["server_core"] - figures["server_cpu"])
+            ours = figures["server_cpu"] + figures["helper_cpu"]
+            foreign = max(0.0, figures["server_core"] - ours)
         return {"valid": not saturated, "foreign_load": foreign}
 
     # --- idle connections --------------------------------------------------------
