@@ -11,11 +11,16 @@ with the size of the group.
 import asyncio
 import logging
 
-from .connection import Keys, async_client
+from django.conf import settings
+
+from .connection import Keys
+from .listener import Listener
 
 logger = logging.getLogger(__name__)
 
 RETRY_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)
+#: Seconds a join may take to connect and have Redis confirm the subscription.
+JOIN_TIMEOUT = 10.0
 
 
 class Hub:
@@ -23,9 +28,8 @@ class Hub:
         self.keys = Keys()
         self.members = {}
         self._joined = {}
-        self._pubsub = None
-        self._reader = None
-        self._wake = asyncio.Event()
+        self._listener = None
+        self._connecting = None
         self._closing = False
 
     # --- membership -----------------------------------------------------------
@@ -44,11 +48,16 @@ class Hub:
         self.members[topic_key] = {member}
         joined = self._joined[topic_key] = asyncio.get_running_loop().create_future()
         try:
-            await self._subscribe(topic_key)
-            await asyncio.wait_for(asyncio.shield(joined), timeout=10)
+            async with asyncio.timeout(JOIN_TIMEOUT):
+                listener = await self._connected()
+                if not joined.done():
+                    listener.subscribe(self.keys.channel(topic_key))
+                await asyncio.shield(joined)
         except BaseException:
             self.members.pop(topic_key, None)
             self._joined.pop(topic_key, None)
+            if self._listener is not None:
+                self._listener.unsubscribe(self.keys.channel(topic_key))
             raise
 
     async def leave(self, topic_key, member):
@@ -60,74 +69,94 @@ class Hub:
             return
         del self.members[topic_key]
         self._joined.pop(topic_key, None)
-        try:
-            await self._pubsub.unsubscribe(self.keys.channel(topic_key))
-        except Exception:
-            # The reader restores the subscriptions it needs after a
-            # reconnect; an extra one only costs ignored messages.
-            logger.warning("could not unsubscribe from %s", topic_key, exc_info=True)
+        # Without a connection there is nothing to undo: the reconnect
+        # subscribes only to the topics members hold.
+        if self._listener is not None:
+            self._listener.unsubscribe(self.keys.channel(topic_key))
 
-    async def _subscribe(self, topic_key):
-        if self._pubsub is None:
-            self._pubsub = async_client().pubsub()
-        await self._pubsub.subscribe(self.keys.channel(topic_key))
-        if self._reader is None or self._reader.done():
-            self._reader = asyncio.create_task(self._read(), name="vanilla-hub")
-        self._wake.set()
+    # --- the Redis connection ---------------------------------------------------
 
-    # --- delivery -------------------------------------------------------------
+    async def _connected(self):
+        """The listener, connecting (once, for every caller) when there is none."""
+        if self._listener is not None:
+            return self._listener
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.ensure_future(self._connect())
+        return await asyncio.shield(self._connecting)
 
-    async def _read(self):
+    async def _connect(self):
+        listener = await Listener.open(
+            settings.REDIS_URL, self._dispatch, self._subscribed, self._lost
+        )
+        if self._closing:
+            listener.close()
+            raise ConnectionError("the hub is closing")
+        self._listener = listener
+        return listener
+
+    def _lost(self, listener, exc):
+        if listener is not self._listener:
+            return
+        self._listener = None
+        if self._closing:
+            return
+        logger.warning("lost the Redis subscription (%s); reconnecting", exc)
+        self._connecting = asyncio.ensure_future(self._reconnect())
+
+    async def _reconnect(self):
+        """
+        Connect again and subscribe to every topic a member holds. What was
+        published meanwhile is missing from the live stream; a subscription
+        notices the jump in seq and reads it from the history.
+        """
         failures = 0
         while not self._closing:
             try:
-                if not self._pubsub.subscribed:
-                    self._wake.clear()
-                    await self._wake.wait()
-                    continue
-                message = await self._pubsub.get_message(timeout=1.0)
-                failures = 0
+                listener = await self._connect()
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 delay = RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)]
                 failures += 1
                 logger.warning(
-                    "lost the Redis subscription; retrying in %.1f s", delay,
-                    exc_info=True,
+                    "could not reach Redis (%s); retrying in %.1f s", exc, delay
                 )
                 await asyncio.sleep(delay)
                 continue
-            if message is not None:
-                self._dispatch(message)
+            if self.members:
+                listener.subscribe(*(self.keys.channel(key) for key in self.members))
+            logger.info("restored the Redis subscription to %d topics", len(self.members))
+            return listener
+        raise ConnectionError("the hub is closing")
 
-    def _dispatch(self, message):
-        kind = message["type"]
-        topic_key = self.keys.topic_key_of_channel(message["channel"])
-        if kind == "message":
-            for member in tuple(self.members.get(topic_key, ())):
-                try:
-                    member.deliver(topic_key, message["data"])
-                except Exception:
-                    logger.error(
-                        "delivery on %s failed for %r", topic_key, member,
-                        exc_info=True,
-                    )
-        elif kind == "subscribe":
-            joined = self._joined.get(topic_key)
-            if joined is not None and not joined.done():
-                joined.set_result(None)
+    # --- delivery -------------------------------------------------------------
+
+    def _dispatch(self, channel, message):
+        topic_key = self.keys.topic_key_of_channel(channel)
+        for member in tuple(self.members.get(topic_key, ())):
+            try:
+                member.deliver(topic_key, message)
+            except Exception:
+                logger.error(
+                    "delivery on %s failed for %r", topic_key, member, exc_info=True
+                )
+
+    def _subscribed(self, channel):
+        joined = self._joined.get(self.keys.topic_key_of_channel(channel))
+        if joined is not None and not joined.done():
+            joined.set_result(None)
 
     async def close(self):
-        # As for the janitor: the flag ends the loop should a Redis call
+        # As for the janitor: the flag ends a reconnect loop should a call
         # swallow the cancellation.
         self._closing = True
-        if self._reader is not None:
-            self._reader.cancel()
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
             try:
-                await self._reader
-            except asyncio.CancelledError:
+                await self._connecting
+            except (asyncio.CancelledError, ConnectionError):
                 pass
-        if self._pubsub is not None:
-            await self._pubsub.aclose()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         self.members.clear()
