@@ -278,17 +278,36 @@ class SubscriptionRegistry:
 
     async def renew(self):
         """Extend this process's lease; restore everything if it was lost."""
-        client = async_client()
         if not self.registered:
             starts = await self._ensure_registered()
-        elif await self._run(
-            RENEW, [self.keys.processes], [self.process_id, now_ms() + _lease_ms()]
-        ):
-            starts = set()
-        else:
-            starts = await self.restore()
-        await client.hset(self.keys.process_info, self.process_id, self.describe())
-        return starts
+            await async_client().hset(
+                self.keys.process_info, self.process_id, self.describe()
+            )
+            return starts
+        async with async_client().pipeline(transaction=False) as pipe:
+            await self.queue_renewal(pipe)
+            renewed, _ = await pipe.execute()
+        return await self.renewed(renewed)
+
+    async def queue_renewal(self, pipe):
+        """Queue on ``pipe`` the lease renewal and this process's description."""
+        await script(async_client(), RENEW)(
+            keys=[self.keys.processes],
+            args=[self.process_id, now_ms() + _lease_ms()],
+            client=pipe,
+        )
+        pipe.hset(self.keys.process_info, self.process_id, self.describe())
+
+    async def renewed(self, renewed):
+        """
+        After a queued renewal: the topics to start, when the lease was lost
+        (or never written) and everything was restored.
+        """
+        if renewed and self.registered:
+            return set()
+        if not self.registered:
+            return await self._ensure_registered()
+        return await self.restore()
 
     def describe(self):
         return json.dumps(
@@ -356,10 +375,13 @@ def _pairs(flat):
     return [(flat[i], json.loads(flat[i + 1])) for i in range(0, len(flat), 2)]
 
 
-async def areap():
-    """Uncount the subscriptions of dead processes; returns their ids."""
+async def areap(pipe=None):
+    """
+    Uncount the subscriptions of dead processes; returns their ids (or
+    queues the call on ``pipe``).
+    """
     keys, args = _reap_args(Keys())
-    return await script(async_client(), REAP)(keys=keys, args=args)
+    return await script(async_client(), REAP)(keys=keys, args=args, client=pipe)
 
 
 def reap():
@@ -367,10 +389,21 @@ def reap():
     return script(sync_client(), REAP)(keys=keys, args=args)
 
 
-async def aclaim_stops():
-    """Topics whose grace ran out, each handed to one caller: [(key, info)]."""
+async def aclaim_stops(pipe=None):
+    """
+    Topics whose grace ran out, each handed to one caller: [(key, info)].
+    With ``pipe``, queues the call; ``claimed()`` reads its reply.
+    """
     keys, args = _claim_args(Keys())
-    return _pairs(await script(async_client(), CLAIM_STOPS)(keys=keys, args=args))
+    reply = await script(async_client(), CLAIM_STOPS)(
+        keys=keys, args=args, client=pipe
+    )
+    return reply if pipe is not None else claimed(reply)
+
+
+def claimed(reply):
+    """The [(key, info)] of a CLAIM_STOPS reply."""
+    return _pairs(reply)
 
 
 def claim_stops():
