@@ -249,6 +249,34 @@ class Child:
             return ""
 
 
+def cpu_seconds(process):
+    """
+    CPU time of every thread of ``process``, in nanoseconds from the
+    scheduler's statistics where Linux has them: the user and system times
+    of ``/proc/<pid>/stat`` count 10 ms ticks, a tenth of a light point's
+    CPU. A thread that ends takes its time with it; the servers' threads
+    live as long as they do.
+    """
+    if not SCHEDSTAT:
+        times = process.cpu_times()
+        return times.user + times.system
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{process.pid}/task")
+    except OSError:
+        raise psutil.NoSuchProcess(process.pid) from None
+    for task in tasks:
+        try:
+            with open(f"/proc/{process.pid}/task/{task}/schedstat") as stats:
+                total += int(stats.read().split()[0])
+        except OSError:
+            pass  # the thread ended meanwhile
+    return total / 1e9
+
+
+SCHEDSTAT = os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/schedstat")
+
+
 class Sample(NamedTuple):
     """One reading: the wall clock, and per group CPU seconds and RSS bytes."""
 
@@ -284,8 +312,7 @@ class Sampler:
             rss[group] = 0
             for process in processes:
                 try:
-                    times = process.cpu_times()
-                    cpu[group] += times.user + times.system
+                    cpu[group] += cpu_seconds(process)
                     rss[group] += process.memory_info().rss
                 except psutil.Error:
                     pass
@@ -338,9 +365,9 @@ async def settle(process, idle=0.05, timeout=20.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            before = sum(process.cpu_times()[:2])
+            before = cpu_seconds(process)
             await asyncio.sleep(0.5)
-            if (sum(process.cpu_times()[:2]) - before) / 0.5 < idle:
+            if (cpu_seconds(process) - before) / 0.5 < idle:
                 return True
         except psutil.Error:
             return False

@@ -24,6 +24,7 @@ from .processes import (
     Sampler,
     Server,
     cores,
+    cpu_seconds,
     free_port,
     pin,
     settle,
@@ -517,7 +518,7 @@ class Run:
         ]
         await settle(server.process)
         before = server.process.memory_info().rss
-        cpu_before = sum(server.process.cpu_times()[:2])
+        cpu_before = cpu_seconds(server.process)
         try:
             await asyncio.gather(*(c.start() for c in clients))
             await asyncio.sleep(0.5)
@@ -529,7 +530,7 @@ class Run:
             await settle(server.process)
             await asyncio.sleep(1.0)
             after = server.process.memory_info().rss
-            cpu = sum(server.process.cpu_times()[:2]) - cpu_before
+            cpu = cpu_seconds(server.process) - cpu_before
         finally:
             await asyncio.gather(*(c.stop() for c in clients))
         await settle(server.process)
