@@ -71,11 +71,14 @@ class SubscriptionConsumer(Delivery, AsyncWebsocketConsumer):
         self.closing = False
         self.close_code = None
         self.close_sent = False
-        self.wakeup = asyncio.Event()
-        # Set when the writer has sent frames, for replays waiting for room.
-        self.room = asyncio.Event()
-        self.tasks = set()
+        # The writer task and its events exist once a frame has to wait in the
+        # outbox: most frames go straight to the socket, and an idle
+        # connection holds neither (see Delivery.wake).
+        self.wakeup = None
+        self.room = None
         self.writer = None
+        self.tasks = set()
+        self.live = False
         self.writing = False
         self.pressure = None
         self.direct = None
@@ -89,9 +92,9 @@ class SubscriptionConsumer(Delivery, AsyncWebsocketConsumer):
             return
         self.node.attach(self)
         backpressure.limit_message_size(self.scope, option("MAX_FRAME_BYTES"))
-        self.pressure = backpressure.watch(self.scope, self.wakeup.set)
+        self.pressure = backpressure.watch(self.scope, self.wake)
         self.direct = backpressure.direct_writer(self.scope)
-        self.writer = asyncio.create_task(self.write_loop())
+        self.live = True
         if self.token is not None:
             auth.token_watch().add(self.token, self)
         await self.accept(subprotocol)
@@ -116,9 +119,11 @@ class SubscriptionConsumer(Delivery, AsyncWebsocketConsumer):
         await self.close(code=CloseCode.SERVER_FULL)
 
     async def disconnect(self, code):
-        if self.writer is None:
+        if not self.live:
             return
-        self.writer.cancel()
+        self.live = False
+        if self.writer is not None:
+            self.writer.cancel()
         for task in list(self.tasks):
             task.cancel()
         self.closing = True
@@ -157,7 +162,7 @@ class SubscriptionConsumer(Delivery, AsyncWebsocketConsumer):
         """Close with ``code`` once the frames queued so far are sent."""
         self.closing = True
         self.close_code = code
-        self.wakeup.set()
+        self.wake()
 
     async def revoke(self, reason):
         """Close at once with 4003: the credentials are no longer valid."""
@@ -169,7 +174,7 @@ class SubscriptionConsumer(Delivery, AsyncWebsocketConsumer):
     # --- inbound frames --------------------------------------------------------
 
     async def receive(self, text_data=None, bytes_data=None):
-        if self.closing or self.writer is None:
+        if self.closing or not self.live:
             return
         if not self.limiter.allow():
             await self.rate_limited()

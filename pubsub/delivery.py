@@ -82,9 +82,9 @@ class Delivery:
     outbox into the socket. A frame with nothing queued before it skips the
     outbox and goes straight to the socket where daphne's allows it
     (``direct``). It uses the consumer's ``subscriptions``, ``by_topic``,
-    ``outbox``, ``closing``, ``tasks``, ``wakeup``, ``room``, ``pressure``,
-    ``direct`` and ``writing``, and its ``abandon()``, ``fail()`` and
-    ``note_error()``.
+    ``outbox``, ``closing``, ``live``, ``tasks``, ``writer``, ``wakeup``,
+    ``room``, ``pressure``, ``direct`` and ``writing``, and its ``abandon()``,
+    ``fail()`` and ``note_error()``.
     """
 
     # --- history and resume ----------------------------------------------------
@@ -177,6 +177,9 @@ class Delivery:
     async def room_for(self, count):
         """Wait until the outbox has room for ``count`` more frames."""
         while len(self.outbox) + count > self.outbox.limit and not self.closing:
+            if self.room is None:
+                # Set when the writer has sent frames.
+                self.room = asyncio.Event()
             self.room.clear()
             await self.room.wait()
 
@@ -301,7 +304,7 @@ class Delivery:
         ):
             return
         if self.outbox.put(subscription, text, seq):
-            self.wakeup.set()
+            self.wake()
         else:
             self.close_slow_reader(subscription)
 
@@ -337,6 +340,15 @@ class Delivery:
                 "last_seq": last_seq,
             }
         )
+
+    def wake(self):
+        """Have the writer drain the outbox, starting it the first time."""
+        if not self.live:
+            return
+        if self.writer is None:
+            self.wakeup = asyncio.Event()
+            self.writer = asyncio.create_task(self.write_loop())
+        self.wakeup.set()
 
     async def write_loop(self):
         """
@@ -376,7 +388,8 @@ class Delivery:
                 await self.send_text(text)
         finally:
             self.writing = False
-        self.room.set()
+        if self.room is not None:
+            self.room.set()
         if not outbox and not self.close_sent:
             # Subscriptions that lost every publication they had queued.
             for subscription in list(outbox.gaps):
