@@ -125,7 +125,9 @@ class Hub:
                 continue
             if self.members:
                 listener.subscribe(*(self.keys.channel(key) for key in self.members))
-            logger.info("restored the Redis subscription to %d topics", len(self.members))
+            logger.info(
+                "restored the Redis subscription to %d topics", len(self.members)
+            )
             return listener
         raise ConnectionError("the hub is closing")
 
