@@ -114,7 +114,8 @@ def kafka_to_websocket(settings, points):
         f"{settings.kafka_clients} clients are spread over the three airports, so "
         "each record reaches a third of them. Latency runs from the producer's "
         "stamp; publish→client is the part after the runner published. Only "
-        "Vanilla runs this scenario. The runner runs on the load core.",
+        "Vanilla runs this scenario. The runner runs on the server core, beside "
+        "daphne.",
     )
 
 

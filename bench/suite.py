@@ -43,6 +43,8 @@ AIRPORTS = ("JFK", "LGA", "EWR")
 PROBE = ("bench_feed", {"name": "probe"})
 #: Load clients that use more than this share of their cores invalidate a point.
 CLIENT_SATURATION = 0.9
+#: The listen backlog of every server (the README's daphne endpoint has it).
+BACKLOG = 2048
 #: Other processes that use more than this share of the server's core during
 #: a phase are noted beside its figures: latency then suffers from them.
 FOREIGN_LOAD = 0.15
@@ -208,9 +210,16 @@ class Run:
     async def start_server(self, scenario, kind):
         prefix = f"{self.id}-{scenario}-{kind}"
         port = free_port()
-        daphne = [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port)]
+        # Every server listens with the backlog the README's deploy command
+        # gives daphne: with Twisted's default of 50, a storm of connects
+        # overflows it and clients wait out SYN retries of up to 31 s.
+        endpoint = f"tcp:port={port}:interface=127.0.0.1:backlog={BACKLOG}"
+        daphne = [PYTHON, "-m", "daphne", "-e", endpoint]
         if kind == "pure":
-            argv = [PYTHON, "-m", "bench.baselines.pure", "--port", str(port)]
+            argv = [
+                PYTHON, "-m", "bench.baselines.pure",
+                "--port", str(port), "--backlog", str(BACKLOG),
+            ]
         elif kind == "asgi":
             argv = daphne + ["bench.baselines.asgi:application"]
         elif kind == "channels":

@@ -5,7 +5,7 @@ asyncio and the ``websockets`` library, no framework: one Redis pattern
 subscription, and ``websockets.broadcast()`` writes each publication to every
 subscriber's socket from the same encoded frame.
 
-    python -m bench.baselines.pure --port 8001
+    python -m bench.baselines.pure --port 8001 [--backlog 2048]
 """
 import argparse
 import asyncio
@@ -43,13 +43,17 @@ async def relay():
             broadcast(members, text)
 
 
-async def main(port):
+async def main(port, backlog):
     relaying = asyncio.create_task(relay())
-    async with serve(handle, "127.0.0.1", port, compression=None) as server:
+    async with serve(
+        handle, "127.0.0.1", port, compression=None, backlog=backlog
+    ) as server:
         await asyncio.gather(server.serve_forever(), relaying)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
-    asyncio.run(main(parser.parse_args().port))
+    parser.add_argument("--backlog", type=int, default=100)
+    args = parser.parse_args()
+    asyncio.run(main(args.port, args.backlog))
