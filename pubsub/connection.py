@@ -62,6 +62,15 @@ def script(client, text):
     return bound
 
 
+def queue_script(pipe, text, keys, args):
+    """
+    Queue a Lua script on a pipeline by its text. redis-py would queue it by
+    sha and ask SCRIPT EXISTS before every execute, a round trip more; Redis
+    keeps the compiled script in its cache either way.
+    """
+    return pipe.eval(text, len(keys), *keys, *args)
+
+
 class Keys:
     """Names of every Redis key and channel Vanilla uses, under one prefix."""
 

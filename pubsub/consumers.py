@@ -10,7 +10,6 @@ Every frame to the client goes through one bounded outbox, so replies,
 history and live publications keep their order and a slow reader meets its
 source's overflow policy instead of growing memory.
 """
-import asyncio
 import logging
 import time
 from collections import Counter

@@ -18,7 +18,13 @@ from .connection import Keys, async_client
 from .exceptions import SourceDoesNotExist
 from .protocol import SourceState
 from .publishing import aset_state
-from .subscriptions import aclaim_stops, areap, claim_stops, claimed, reap
+from .subscriptions import (
+    claim_stops,
+    claimed,
+    queue_claim_stops,
+    queue_reap,
+    reap,
+)
 from .topics import Topic
 
 logger = logging.getLogger(__name__)
@@ -114,14 +120,14 @@ class Janitor:
     async def tick(self):
         """
         One round of upkeep, its Redis work in one pipeline: the books of a
-        quiet server cost a round trip or two a second, not one per task.
+        quiet server cost one round trip a second, not one per task.
         """
         registry = self.registry
         keys = Keys()
         async with async_client().pipeline(transaction=False) as pipe:
-            await registry.queue_renewal(pipe)
-            await areap(pipe)
-            await aclaim_stops(pipe)
+            registry.queue_renewal(pipe)
+            queue_reap(pipe)
+            queue_claim_stops(pipe)
             pipe.hgetall(keys.states)
             pipe.hgetall(keys.last_publication)
             pipe.hgetall(keys.topics)

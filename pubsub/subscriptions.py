@@ -29,7 +29,7 @@ import uuid
 from collections import Counter
 
 from .conf import option
-from .connection import Keys, async_client, script, sync_client
+from .connection import Keys, async_client, queue_script, script, sync_client
 
 logger = logging.getLogger(__name__)
 
@@ -285,16 +285,17 @@ class SubscriptionRegistry:
             )
             return starts
         async with async_client().pipeline(transaction=False) as pipe:
-            await self.queue_renewal(pipe)
+            self.queue_renewal(pipe)
             renewed, _ = await pipe.execute()
         return await self.renewed(renewed)
 
-    async def queue_renewal(self, pipe):
+    def queue_renewal(self, pipe):
         """Queue on ``pipe`` the lease renewal and this process's description."""
-        await script(async_client(), RENEW)(
-            keys=[self.keys.processes],
-            args=[self.process_id, now_ms() + _lease_ms()],
-            client=pipe,
+        queue_script(
+            pipe,
+            RENEW,
+            [self.keys.processes],
+            [self.process_id, now_ms() + _lease_ms()],
         )
         pipe.hset(self.keys.process_info, self.process_id, self.describe())
 
@@ -375,30 +376,20 @@ def _pairs(flat):
     return [(flat[i], json.loads(flat[i + 1])) for i in range(0, len(flat), 2)]
 
 
-async def areap(pipe=None):
-    """
-    Uncount the subscriptions of dead processes; returns their ids (or
-    queues the call on ``pipe``).
-    """
-    keys, args = _reap_args(Keys())
-    return await script(async_client(), REAP)(keys=keys, args=args, client=pipe)
+def queue_reap(pipe):
+    """``reap()`` queued on ``pipe``: its reply is the ids."""
+    queue_script(pipe, REAP, *_reap_args(Keys()))
 
 
 def reap():
+    """Uncount the subscriptions of dead processes; returns their ids."""
     keys, args = _reap_args(Keys())
     return script(sync_client(), REAP)(keys=keys, args=args)
 
 
-async def aclaim_stops(pipe=None):
-    """
-    Topics whose grace ran out, each handed to one caller: [(key, info)].
-    With ``pipe``, queues the call; ``claimed()`` reads its reply.
-    """
-    keys, args = _claim_args(Keys())
-    reply = await script(async_client(), CLAIM_STOPS)(
-        keys=keys, args=args, client=pipe
-    )
-    return reply if pipe is not None else claimed(reply)
+def queue_claim_stops(pipe):
+    """``claim_stops()`` queued on ``pipe``; ``claimed()`` reads its reply."""
+    queue_script(pipe, CLAIM_STOPS, *_claim_args(Keys()))
 
 
 def claimed(reply):
@@ -407,6 +398,7 @@ def claimed(reply):
 
 
 def claim_stops():
+    """Topics whose grace ran out, each handed to one caller: [(key, info)]."""
     keys, args = _claim_args(Keys())
     return _pairs(script(sync_client(), CLAIM_STOPS)(keys=keys, args=args))
 
