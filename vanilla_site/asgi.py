@@ -5,6 +5,7 @@ outermost, as it needs daphne's own ``send``), the Origin check, session
 authentication, access-token authentication (``pubsub.auth``).
 """
 
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -31,3 +32,9 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+# Everything loaded so far (Django, Twisted, the apps: most of the process's
+# objects) lives as long as the process. Frozen, it is left out of the
+# collector's full passes, which otherwise walked it all and stopped the
+# event loop for 70-80 ms, twice in 20 s of subscribe churn (bench scenario 5).
+gc.freeze()
