@@ -27,8 +27,9 @@ def machine_lines(machine):
         f"{machine['memory_gb']:.0f} GB RAM; {machine['kernel']}; "
         f"Python {machine['python']}; Redis {machine['redis']}",
         f"- {machine['packages']}",
-        f"- servers pinned to core {machine['server_cpus']}; load clients, "
-        f"publisher, driver and {pinned} to core {machine['load_cpus']}",
+        f"- servers (and scenario 3's topology runner) pinned to core "
+        f"{machine['server_cpus']}; load clients, publisher, driver and "
+        f"{pinned} (every thread) to core {machine['load_cpus']}",
         f"- load average at start {machine['load_start']}, "
         f"at end {machine['load_end']}",
         f"- commit {machine['commit']}"
