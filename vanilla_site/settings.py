@@ -114,8 +114,15 @@ DATABASES = {
         "HOST": env("DB_HOST", ""),
         "PORT": env("DB_PORT", ""),
         # SQLite is shared by daphne, Celery and the topology runner: wait for
-        # a lock instead of failing at once.
-        "OPTIONS": {"timeout": 20} if "sqlite" in env("DB_ENGINE", "sqlite") else {},
+        # a lock instead of failing at once. A transaction takes the write lock
+        # when it begins: one that read first and wrote later could not wait
+        # for it (SQLite fails such an upgrade at once: "database is locked"
+        # on a demo's first subscription, while beat wrote its schedule).
+        "OPTIONS": (
+            {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+            if "sqlite" in env("DB_ENGINE", "sqlite")
+            else {}
+        ),
         # A file, so that the processes the tests start share the test data.
         "TEST": {
             "NAME": env("TEST_DB_NAME", str(BASE_DIR / ".services" / "test.sqlite3"))
