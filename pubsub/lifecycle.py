@@ -131,13 +131,24 @@ class Janitor:
             pipe.hgetall(keys.states)
             pipe.hgetall(keys.last_publication)
             pipe.hgetall(keys.topics)
-            renewed, _, dead, stops, states, last, topics = await pipe.execute()
-        for key in await registry.renewed(renewed):
-            await start_source(registry.topics[key])
-        if dead:
+            replies = await pipe.execute(raise_on_error=False)
+        # A command that failed spoils only its own part: stops claimed by
+        # CLAIM_STOPS are this process's to carry out whatever else failed.
+        # Stops go before the starts of a restored lease: a topic whose count
+        # the lost lease took to zero may be claimed above and be watched
+        # here again, and it must end up running.
+        renewed, _, dead, stops, states, last, topics = replies
+        errors = [reply for reply in replies if isinstance(reply, Exception)]
+        if not isinstance(stops, Exception):
+            for key, info in claimed(stops):
+                await sync_to_async(stop_source)(_topic(info))
+        if dead and not isinstance(dead, Exception):
             logger.warning("reaped %d dead server processes: %s", len(dead), dead)
-        for key, info in claimed(stops):
-            await sync_to_async(stop_source)(_topic(info))
+        if not isinstance(renewed, Exception):
+            for key in await registry.renewed(renewed):
+                await start_source(registry.topics[key])
+        if errors:
+            raise errors[0]
         await self.mark_stale(states, last, topics)
 
     async def mark_stale(self, states, last, topics):
