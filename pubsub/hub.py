@@ -56,6 +56,10 @@ class Hub:
         except BaseException:
             self.members.pop(topic_key, None)
             self._joined.pop(topic_key, None)
+            if not joined.done():
+                # Members that joined meanwhile wait on it: they fail too.
+                joined.set_exception(ConnectionError(f"could not join {topic_key}"))
+                joined.exception()  # retrieved, whether anybody waits or not
             if self._listener is not None:
                 self._listener.unsubscribe(self.keys.channel(topic_key))
             raise
@@ -156,8 +160,8 @@ class Hub:
             self._connecting.cancel()
             try:
                 await self._connecting
-            except (asyncio.CancelledError, ConnectionError):
-                pass
+            except (asyncio.CancelledError, Exception):
+                pass  # closing: a connect that failed or was cut short
         if self._listener is not None:
             self._listener.close()
             self._listener = None

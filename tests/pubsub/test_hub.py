@@ -3,7 +3,9 @@ import asyncio
 
 import pytest
 
+from pubsub import hub as hub_module
 from pubsub.connection import sync_client
+from pubsub.hub import Hub
 from pubsub.publishing import apublish
 from pubsub.topics import Topic
 
@@ -40,3 +42,30 @@ async def test_publications_lost_in_a_redis_reconnect_are_recovered(node, caplog
         (await receive(client))["op"] == "status"
     )
     await client.disconnect()
+
+
+async def test_a_join_that_cannot_reach_redis_fails_every_member(
+    settings, monkeypatch
+):
+    """Two connections join a topic while Redis does not answer: both get an
+    error after the join timeout, neither waits for ever."""
+    monkeypatch.setattr(hub_module, "JOIN_TIMEOUT", 0.3)
+
+    async def mute(reader, writer):
+        await reader.read()
+
+    server = await asyncio.start_server(mute, "127.0.0.1", 0)
+    settings.REDIS_URL = f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0"
+    hub = Hub()
+    try:
+        first = asyncio.create_task(hub.join("chat:room=x", object()))
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(hub.join("chat:room=x", object()))
+        results = await asyncio.wait_for(
+            asyncio.gather(first, second, return_exceptions=True), 5
+        )
+        assert all(isinstance(result, Exception) for result in results), results
+        assert hub.members == {}
+    finally:
+        await hub.close()
+        server.close()
