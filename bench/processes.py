@@ -151,10 +151,15 @@ class Server:
         stop_process_group(self.popen)
 
     def log_tail(self, size=3000):
-        try:
-            return self.log_path.read_text(errors="replace")[-size:]
-        except FileNotFoundError:
-            return ""
+        return tail_of(self.log_path, size)
+
+
+def tail_of(path, size):
+    """The last ``size`` characters of a log, for an error message."""
+    try:
+        return path.read_text(errors="replace")[-size:]
+    except FileNotFoundError:
+        return ""
 
 
 def stop_process_group(popen):
@@ -243,10 +248,7 @@ class Child:
         self.log.close()
 
     def log_tail(self, size=2000):
-        try:
-            return self.log_path.read_text(errors="replace")[-size:]
-        except FileNotFoundError:
-            return ""
+        return tail_of(self.log_path, size)
 
 
 def cpu_seconds(process):
