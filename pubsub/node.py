@@ -77,7 +77,8 @@ class Node:
     async def unsubscribe(self, topic, member, leave):
         if leave:
             await self.hub.leave(topic.key, member)
-        await self.registry.remove(topic)
+        if await self.registry.remove(topic):
+            self.janitor.expect_stop()
 
     async def close(self):
         """Leave the cluster cleanly: uncount everything, stop the janitor."""

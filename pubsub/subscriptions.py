@@ -135,6 +135,7 @@ return dead
 """
 
 # KEYS: idle, counts, states, started, topics, last publication. ARGV: now ms.
+# Returns the claimed (topic, JSON) pairs flat, and when the next stop is due.
 CLAIM_STOPS = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 local stops = {}
@@ -151,7 +152,8 @@ for _, topic in ipairs(due) do
     redis.call('HDEL', KEYS[6], topic)
   end
 end
-return stops
+local after = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {stops, after[2] or false}
 """
 
 
@@ -393,14 +395,19 @@ def queue_claim_stops(pipe):
 
 
 def claimed(reply):
-    """The [(key, info)] of a CLAIM_STOPS reply."""
-    return _pairs(reply)
+    """
+    A CLAIM_STOPS reply: the [(key, info)] claimed, and when (ms since the
+    epoch) the next stop on the idle list falls due, or None.
+    """
+    stops, after = reply
+    return _pairs(stops), None if after is None else float(after)
 
 
 def claim_stops():
     """Topics whose grace ran out, each handed to one caller: [(key, info)]."""
     keys, args = _claim_args(Keys())
-    return _pairs(script(sync_client(), CLAIM_STOPS)(keys=keys, args=args))
+    stops, _ = claimed(script(sync_client(), CLAIM_STOPS)(keys=keys, args=args))
+    return stops
 
 
 def snapshot():
