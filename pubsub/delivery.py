@@ -101,25 +101,31 @@ class Delivery:
         so that a long resume neither overflows a reader that keeps up nor
         holds up the frames the client sends meanwhile.
         """
-        key = Keys().history(subscription.topic.key)
+        keys = Keys()
+        key = keys.history(subscription.topic.key)
         client = async_client()
         page = self.replay_page()
+        # The ends of the history, and the source's state for the reply, in
+        # one round trip.
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.xrevrange(key, count=1)
+            if since is not None:
+                pipe.xrange(key, count=1)
+            if announce:
+                pipe.hget(keys.states, subscription.topic.key)
+            replies = await pipe.execute()
+        newest = entries = replies[0]
         resumed = None
-        if since is None:
-            entries = await client.xrevrange(key, count=1)
-        else:
-            oldest = await client.xrange(key, count=1)
-            newest = await client.xrevrange(key, count=1)
+        if since is not None:
+            oldest = replies[1]
             newest_seq = int(newest[0][0].split("-")[0]) if newest else 0
             oldest_seq = int(oldest[0][0].split("-")[0]) if oldest else 1
             resumed = oldest_seq <= since + 1 and since <= newest_seq
             if resumed:
                 entries = await client.xrange(key, min=f"{since + 1}-0", count=page)
                 subscription.last_seq = since
-            else:
-                entries = newest
         if announce:
-            await self.announce(subscription, resumed)
+            self.announce(subscription, resumed, replies[-1])
         self.deliver_history(subscription, entries)
         if subscription.reread or (resumed and len(entries) == page):
             self.spawn(self.replay(subscription, key))
@@ -195,7 +201,8 @@ class Delivery:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def announce(self, subscription, resumed):
+    def announce(self, subscription, resumed, state):
+        """Reply to a subscribe: subscribed, then the source's state."""
         topic = subscription.topic
         reply = {
             "op": ServerOp.SUBSCRIBED,
@@ -207,7 +214,6 @@ class Delivery:
             reply["resumed"] = resumed
         self.send_frame(reply)
         subscription.announced = True
-        state = await async_client().hget(Keys().states, topic.key)
         self.send_status(subscription, state or SourceState.STARTING, "")
 
     # --- outbound --------------------------------------------------------------

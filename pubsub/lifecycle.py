@@ -11,7 +11,7 @@ import json
 import logging
 import time
 
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 
 from .conf import option, source_registry
 from .connection import Keys, async_client
@@ -39,7 +39,7 @@ async def start_source(topic):
     """Start ``topic``'s source; on failure tell subscribers and allow a retry."""
     try:
         source = source_registry().get(topic.source)
-        await sync_to_async(source.start)(topic)
+        await database_sync_to_async(source.start)(topic)
     except Exception as exc:
         logger.error("could not start source %s", topic.key, exc_info=True)
         client = async_client()
@@ -200,7 +200,7 @@ class Janitor:
         # its reply.
         self.next_stop = _earliest(after, self.noted)
         for key, info in stops:
-            await sync_to_async(stop_source)(_topic(info))
+            await database_sync_to_async(stop_source)(_topic(info))
 
     def watched_for_staleness(self):
         """Topic key -> stale_after, for this process's topics that have one."""

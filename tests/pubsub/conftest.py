@@ -33,8 +33,8 @@ async def node(registry):
 def close_sync_thread_connections():
     """
     Close the database connections that earlier tests left open in asgiref's
-    thread for sync code. Channels' consumers look at those connections on
-    every event (``aclose_old_connections``), which pytest-django refuses in
-    a test without database access.
+    thread for sync code. ``database_sync_to_async`` looks at those
+    connections around every call, which pytest-django refuses in a test
+    without database access.
     """
     SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)

@@ -92,6 +92,28 @@ async def test_bad_frames_get_errors_and_connection_survives(node):
     await client.disconnect()
 
 
+async def test_frames_are_handled_without_a_sync_thread_round_trip(
+    node, monkeypatch
+):
+    """
+    Channels would close old database connections in its sync thread before
+    every frame; this consumer leaves that to database_sync_to_async.
+    """
+    hops = []
+
+    async def counted():
+        hops.append(1)
+
+    monkeypatch.setattr("channels.consumer.aclose_old_connections", counted)
+    client = await connect()
+    await subscribe(client, "a", {"room": "hops"})
+    await send(client, {"op": "unsubscribe", "id": "a"})
+    await receive_until(client, "unsubscribed")
+
+    assert hops == []
+    await client.disconnect()
+
+
 async def test_duplicate_id_is_refused(node):
     """An id in use by a live subscription cannot be reused."""
     client = await connect()
