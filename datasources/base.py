@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 import pydantic
 
 from pubsub.exceptions import InvalidParams, SubscriptionForbidden
-from pubsub.publishing import publish
+from pubsub.publishing import prepare, publish
 from pubsub.topics import Topic
 
 logger = logging.getLogger(__name__)
@@ -81,6 +81,10 @@ class DataSource(abc.ABC):
     def publish(self, topic, data, **extra):
         """Publish ``data`` to ``topic``'s subscribers; returns its seq."""
         return publish(topic, data, history_size=self.history_size, extra=extra)
+
+    def prepare(self, topic, data, **extra):
+        """``publish()``'s first half: ``pubsub.publishing.publish_all`` ends it."""
+        return prepare(topic, data, history_size=self.history_size, extra=extra)
 
     @abc.abstractmethod
     def start(self, topic: Topic) -> None:

@@ -20,6 +20,8 @@ import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from django.utils import timezone
 
+from pubsub.publishing import publish_all
+
 from .models import TopologyStatus
 from .offsets import Offsets
 from .records import DeadLetters, PoisonRecord, coordinates, publications, where
@@ -176,44 +178,86 @@ class TopologyWorker:
         if messages:
             messages += consumer.consume(BATCH_SIZE - 1, 0)
         deadline = time.monotonic() + BATCH_BUDGET
+        # Records read but not yet published, with their publications: they
+        # go to Redis together, in one round trip.
+        batch = []
+        left = []
+        published = True
         for index, message in enumerate(messages):
-            # Finish the record in hand only: the rest stays uncommitted.
+            # Finish the records in hand only: the rest stays uncommitted.
             if self.stopping.is_set():
                 break
             if time.monotonic() > deadline:
-                self._rewind(consumer, messages[index:])
+                left = messages[index:]
                 break
-            if not self._handle(message):
-                self._rewind(consumer, messages[index:])
-                self._back_off()
+            prepared = self._prepare(message)
+            if isinstance(prepared, list):
+                batch.append((message, prepared))
+                continue
+            # An error or a poison record: the records before it go first.
+            published = self._publish(batch)
+            if not published:
+                left = messages[index:]
                 break
+            batch = []
+            self._skip(message, prepared)
+        if published:
+            published = self._publish(batch)
+        if not published:
+            self._rewind(consumer, [message for message, _ in batch] + left)
+            self._back_off()
+        elif left:
+            self._rewind(consumer, left)
         self._commit()
 
-    # --- one record --------------------------------------------------------------
+    # --- records -----------------------------------------------------------------
 
-    def _handle(self, message):
-        """Publish one record; False when it must be tried again later."""
+    def _prepare(self, message):
+        """
+        A record's publications, encoded and checked; or, for a record that
+        cannot be published, its error (a KafkaError or a PoisonRecord).
+        """
         error = message.error()
         if error is not None:
-            self._record_error(message, error)
-            return True
+            return error
         try:
-            for topic, payload in publications(
-                self.source, message, self.config.max_record_bytes, self.mapping
-            ):
-                self.source.publish(topic, payload, kafka=coordinates(message))
+            return [
+                self.source.prepare(topic, payload, kafka=coordinates(message))
+                for topic, payload in publications(
+                    self.source, message, self.config.max_record_bytes, self.mapping
+                )
+            ]
         except PoisonRecord as poison:
-            self._poison(message, poison)
+            return poison
         except (TypeError, ValueError) as exc:
             # json.dumps refused the payload: it always will.
-            self._poison(message, PoisonRecord("unpublishable", str(exc)))
+            return PoisonRecord("unpublishable", str(exc))
+
+    def _publish(self, batch):
+        """
+        Publish the records of ``batch`` in one pipeline; False when they
+        must be tried again later (some may be in Redis already: at least
+        once).
+        """
+        if not batch:
+            return True
+        try:
+            publish_all([p for _, prepared in batch for p in prepared])
         except redis.RedisError as exc:
             self._fail("redis", f"could not publish to Redis: {exc}")
             return False
-        else:
+        for message, _ in batch:
             self._published()
-        self.offsets.published(message)
+            self.offsets.published(message)
         return True
+
+    def _skip(self, message, reason):
+        """A record that is not published: a consumer error, or poison."""
+        if not isinstance(reason, PoisonRecord):
+            self._record_error(message, reason)
+            return
+        self._poison(message, reason)
+        self.offsets.published(message)
 
     def _published(self):
         self.counts["records"] += 1

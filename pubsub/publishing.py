@@ -93,6 +93,31 @@ def publish(topic, data, *, history_size=None, extra=None):
     return _script(sync_client(), PUBLISH_SCRIPT)(keys=keys, args=args)
 
 
+def prepare(topic, data, *, history_size=None, extra=None):
+    """
+    ``data`` for ``topic`` encoded and checked as ``publish()`` does it, to
+    be published later, with others, by ``publish_all()``. Raises what
+    ``publish()`` raises for data it cannot publish.
+    """
+    return _publish_args(_as_topic(topic), data, history_size, extra)
+
+
+def publish_all(prepared):
+    """
+    Publish what ``prepare()`` returned, in order, in one pipeline: a round
+    trip to Redis for them all (and one to check that the script is loaded),
+    where ``publish()`` takes one each. Returns their seqs.
+    """
+    if not prepared:
+        return []
+    client = sync_client()
+    publish_script = _script(client, PUBLISH_SCRIPT)
+    with client.pipeline(transaction=False) as pipe:
+        for keys, args in prepared:
+            publish_script(keys=keys, args=args, client=pipe)
+        return pipe.execute()
+
+
 async def apublish(topic, data, *, history_size=None, extra=None):
     """``publish()`` for code running in an event loop."""
     topic = _as_topic(topic)

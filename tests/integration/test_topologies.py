@@ -550,17 +550,17 @@ def test_on_demand_topology_consumes_only_while_watched(
 
 
 class SlowSource(EchoSource):
-    """An echo source whose every publication takes a quarter of a second."""
+    """An echo source whose every record takes a quarter of a second to prepare."""
 
     name = "vt_slow"
 
-    def publish(self, topic, data, **extra):
+    def prepare(self, topic, data, **extra):
         time.sleep(0.25)
-        return super().publish(topic, data, **extra)
+        return super().prepare(topic, data, **extra)
 
 
 def test_a_slow_runner_keeps_its_place_in_the_group(kafka_topics):
-    """A batch that takes longer to publish than max.poll.interval.ms allows is
+    """A batch that takes longer to handle than max.poll.interval.ms allows is
     split between polls: the runner stays in its group the whole time, and
     publishes each record once, in order."""
     topic = kafka_topics.create(partitions=1)
@@ -569,7 +569,7 @@ def test_a_slow_runner_keeps_its_place_in_the_group(kafka_topics):
     registry = SourceRegistry()
     registry.register(SlowSource())
     collector = Publications("vt_slow")
-    # 40 records take 10 s to publish; the group drops a member that does not
+    # 40 records take 10 s to handle; the group drops a member that does not
     # poll for 6 s (the least Kafka allows beside a 6 s session timeout).
     runner, thread = serve_in_thread(
         topology, registry, **{"max.poll.interval.ms": "6000"}
