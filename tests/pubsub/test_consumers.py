@@ -114,6 +114,26 @@ async def test_frames_are_handled_without_a_sync_thread_round_trip(
     await client.disconnect()
 
 
+async def test_a_connection_holds_no_receive_task(node):
+    """
+    The consumer awaits its client's messages itself: Channels' loop would
+    add a receive task per connection, and a new one per message.
+    """
+    first = await connect()
+    await subscribe(first, "a", {"room": "tasks"})
+    before = len(asyncio.all_tasks())
+
+    clients = [await connect() for _ in range(5)]
+    for client in clients:
+        await subscribe(client, "a", {"room": "tasks"})
+
+    # Two tasks each: the application instance the communicator runs, and
+    # the writer that its frames need without daphne's socket to write to.
+    assert len(asyncio.all_tasks()) - before == 2 * 5
+    for client in [first, *clients]:
+        await client.disconnect()
+
+
 async def test_duplicate_id_is_refused(node):
     """An id in use by a live subscription cannot be reused."""
     client = await connect()
