@@ -10,7 +10,13 @@ import json
 import time
 
 from .conf import option
-from .connection import Keys, async_client, script as _script, sync_client
+from .connection import (
+    Keys,
+    async_client,
+    queue_script,
+    script as _script,
+    sync_client,
+)
 from .exceptions import PublicationTooLarge
 from .protocol import SourceState
 from .topics import Topic
@@ -104,17 +110,15 @@ def prepare(topic, data, *, history_size=None, extra=None):
 
 def publish_all(prepared):
     """
-    Publish what ``prepare()`` returned, in order, in one pipeline: a round
-    trip to Redis for them all (and one to check that the script is loaded),
-    where ``publish()`` takes one each. Returns their seqs.
+    Publish what ``prepare()`` returned, in order, in one pipeline: one round
+    trip to Redis for them all, where ``publish()`` takes one each. Returns
+    their seqs.
     """
     if not prepared:
         return []
-    client = sync_client()
-    publish_script = _script(client, PUBLISH_SCRIPT)
-    with client.pipeline(transaction=False) as pipe:
+    with sync_client().pipeline(transaction=False) as pipe:
         for keys, args in prepared:
-            publish_script(keys=keys, args=args, client=pipe)
+            queue_script(pipe, PUBLISH_SCRIPT, keys, args)
         return pipe.execute()
 
 
