@@ -140,13 +140,20 @@ def churn(settings, points):
             + (f", {errors} errors" if errors else "")
         )
 
+    rounds = settings.churn_rounds
+    text = (
+        f"{settings.churn_steady} steady clients at {settings.churn_rate:g}/s, "
+        f"{settings.churn_phase:g} s calm, then {settings.churn_phase:g} s of churn"
+        + (f", {rounds} times over" if rounds > 1 else "")
+        + f": {settings.churn_connections} other connections each subscribe to the "
+        f"same topic and unsubscribe {settings.churn_cycles:g} times a second "
+        f"({settings.churn_total:g} cycles/s in all), waiting for each reply."
+    )
+    if rounds > 1:
+        text += " Each phase's figures are over all its spans."
     return report.two_phase_section(
         "5. Subscribe/unsubscribe churn",
-        f"{settings.churn_steady} steady clients at {settings.churn_rate:g}/s, "
-        f"{settings.churn_phase:g} s calm, then {settings.churn_phase:g} s during "
-        f"which {settings.churn_connections} other connections each subscribe to "
-        f"the same topic and unsubscribe {settings.churn_cycles:g} times a second "
-        f"({settings.churn_total:g} cycles/s in all), waiting for each reply.",
+        text,
         points,
         [("churn cycles", cycles)],
     )

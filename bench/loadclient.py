@@ -15,7 +15,8 @@ stdout:
 - command ``connect`` opens (and subscribes) every planned connection, at
   most ``concurrency`` at a time, then emits ``ready``;
 - command ``churn`` starts the subscribe/unsubscribe cycles of churn
-  connections, ``stall`` makes stall connections stop reading;
+  connections, ``calm`` lets each finish its cycle and stop, ``stall``
+  makes stall connections stop reading;
 - command ``finish`` (with the last ``n`` expected per topic) waits until
   every steady connection has it, or the deadline, then emits ``result``.
 """
@@ -236,6 +237,7 @@ class LoadClient:
         self.cycles = Histogram()
         self.cycle_errors = 0
         self.stopping = False
+        self.churning = False
 
     # --- setup -----------------------------------------------------------------
 
@@ -304,7 +306,9 @@ class LoadClient:
 
     # --- commands --------------------------------------------------------------
 
-    def start_churn(self, rate):
+    async def start_churn(self, rate):
+        await self.stop_churn()
+        self.churning = True
         for index, connection in enumerate(self.connections):
             if connection.role == "churn":
                 task = asyncio.create_task(self.churn(connection, rate, index))
@@ -317,7 +321,7 @@ class LoadClient:
         # Spread the connections' cycles over the interval.
         await asyncio.sleep(interval * (index % 10) / 10)
         due = loop.time()
-        while not self.stopping and not connection.closed:
+        while self.churning and not self.stopping and not connection.closed:
             began = time.monotonic()
             try:
                 await connection.request(connection.subscribe_frame("c"))
@@ -332,6 +336,12 @@ class LoadClient:
                 await asyncio.sleep(delay)
             else:
                 due = loop.time()
+
+    async def stop_churn(self):
+        """Let every churning connection finish its cycle, then stop."""
+        self.churning = False
+        await asyncio.gather(*self.churn_tasks, return_exceptions=True)
+        self.churn_tasks = []
 
     def stall(self):
         for connection in self.connections:
@@ -385,7 +395,9 @@ class LoadClient:
             if name == "connect":
                 await self.open_all()
             elif name == "churn":
-                self.start_churn(command["rate"])
+                await self.start_churn(command["rate"])
+            elif name == "calm":
+                await self.stop_churn()
             elif name == "stall":
                 self.stall()
             elif name == "finish":

@@ -45,12 +45,14 @@ class Settings:
     #: 4. Connections opened at once.
     idle: int
     #: 5. Steady clients and their rate; churning connections and their
-    #: subscribe/unsubscribe cycles a second each; seconds of each phase.
+    #: subscribe/unsubscribe cycles a second each; seconds of each calm and
+    #: each churn span, and how many of each, alternating.
     churn_steady: int
     churn_rate: float
     churn_connections: int
     churn_cycles: float
     churn_phase: float
+    churn_rounds: int
     #: 6. Steady clients, their rate and filler; seconds before and after
     #: the extra subscriber stops reading.
     stall_steady: int
@@ -94,7 +96,8 @@ FULL = Settings(
     churn_rate=10,
     churn_connections=20,
     churn_cycles=10,
-    churn_phase=8,
+    churn_phase=4,
+    churn_rounds=3,
     stall_steady=10,
     stall_rate=200,
     stall_pad=2048,
@@ -127,6 +130,7 @@ QUICK = Settings(
     churn_connections=20,
     churn_cycles=10,
     churn_phase=2,
+    churn_rounds=1,
     stall_steady=10,
     stall_rate=200,
     stall_pad=2048,
@@ -298,14 +302,18 @@ async def idle_connections(run, settings):
 
 
 async def churn(run, settings):
-    """5. Subscribe/unsubscribe cycles on the topic of steady clients."""
+    """
+    5. Subscribe/unsubscribe cycles on the topic of steady clients, in spans
+    that alternate with calm ones; each phase is measured over all its spans.
+    """
     point = Point(
         "s5", feeds("s5"), settings.churn_steady, settings.churn_rate, PAD,
-        [("warmup", settings.warmup), ("calm", settings.churn_phase),
-         ("churn", settings.churn_phase)],
+        [("warmup", settings.warmup)]
+        + [("calm", settings.churn_phase), ("churn", settings.churn_phase)]
+        * settings.churn_rounds,
         churn=settings.churn_connections,
         churn_rate=settings.churn_cycles,
-        actions={"churn": "churn"},
+        actions={"calm": "calm", "churn": "churn"},
     )
     return await on_each_server(run, "s5", [point])
 

@@ -402,6 +402,9 @@ class Run:
             if action == "churn":
                 for client in clients:
                     client.send(cmd="churn", rate=point.churn_rate)
+            elif action == "calm":
+                for client in clients:
+                    client.send(cmd="calm")
             elif action == "stall":
                 for client in clients:
                     client.send(cmd="stall")
@@ -418,9 +421,15 @@ class Run:
 
     def figures(self, point, server, outcome, helpers):
         """The point's summary, with the figures of each measured phase."""
+        # A phase named more than once (calm, churn, calm, churn, ...) is
+        # measured as one: its spans alternate with the other's, so that
+        # drift on the machine hits both alike.
+        spans = {}
+        for index in range(1, len(point.phases)):
+            spans.setdefault(point.phases[index][0], []).append(index)
         phases = [
-            self.phase_figures(point, outcome, index, helpers)
-            for index in range(1, len(point.phases))
+            self.phase_figures(point, outcome, name, indices, helpers)
+            for name, indices in spans.items()
         ]
         cycles = Histogram()
         for result in outcome.results:
@@ -440,33 +449,62 @@ class Run:
             "phases": phases,
         }
 
-    def phase_figures(self, point, outcome, index, helpers):
+    def phase_figures(self, point, outcome, name, indices, helpers):
         """
-        One measured phase. It lasts from its first publication to the next
-        phase's; its deliveries are those of its publications, whenever they
-        arrived. CPU is counted over the same span, except that the last
-        phase's runs on until the clients have their last publication (or the
-        drain deadline), so that work a server does late still counts against
-        the deliveries it makes late.
+        One measured phase, over its spans ``indices``. A span lasts from its
+        first publication to the next span's; its deliveries are those of its
+        publications, whenever they arrived. CPU is counted over the same
+        span, except that the last one runs on until the clients have their
+        last publication (or the drain deadline), so that work a server does
+        late still counts against the deliveries it makes late.
         """
         sampler = self.sampler
-        start = outcome.starts[index]
-        end = outcome.starts.get(index + 1, outcome.ended)
-        cpu_end = outcome.starts.get(index + 1, outcome.finished)
-        duration, cpu_span = end - start, cpu_end - start
-
         latency, published = Histogram(), Histogram()
-        for result in outcome.results:
-            latency.merge(Histogram.from_json(result["latency"][index]))
-            published.merge(Histogram.from_json(result["published"][index]))
-        offered = sum(
-            point.published(i, index) * outcome.connected.get(topic_key(*topic), 0)
-            for i, topic in enumerate(point.topics)
-        )
-        server_cpu = sampler.cpu_seconds("server", start, cpu_end)
-        rss = [s.rss.get("server", 0) for s in sampler.between(start, cpu_end)]
+        offered = 0
+        for index in indices:
+            for result in outcome.results:
+                latency.merge(Histogram.from_json(result["latency"][index]))
+                published.merge(Histogram.from_json(result["published"][index]))
+            offered += sum(
+                point.published(i, index) * outcome.connected.get(topic_key(*topic), 0)
+                for i, topic in enumerate(point.topics)
+            )
+        windows = [
+            (
+                outcome.starts[index],
+                outcome.starts.get(index + 1, outcome.ended),
+                outcome.starts.get(index + 1, outcome.finished),
+            )
+            for index in indices
+        ]
+        duration = sum(end - start for start, end, _ in windows)
+        cpu_span = sum(cpu_end - start for start, _, cpu_end in windows)
+
+        def share(group, ends=2):
+            return sum(
+                sampler.cpu_seconds(group, window[0], window[ends])
+                for window in windows
+            )
+
+        def core(cpus):
+            busy = [
+                sampler.core_busy(cpus, start, cpu_end)
+                for start, _, cpu_end in windows
+            ]
+            if None in busy:
+                return None
+            spans = [cpu_end - start for start, _, cpu_end in windows]
+            return sum(b * s for b, s in zip(busy, spans)) / cpu_span
+
+        server_cpu = share("server")
+        rss = [
+            s.rss.get("server", 0)
+            for start, _, cpu_end in windows
+            for s in sampler.between(start, cpu_end)
+        ]
         figures = {
-            "phase": point.phases[index][0],
+            "phase": name,
+            "spans": len(indices),
             "duration": duration,
             "offered": offered,
             "delivered": latency.count,
@@ -476,12 +514,12 @@ class Run:
             "server_cpu": server_cpu / cpu_span,
             "us_per_delivery": server_cpu / latency.count * 1e6
             if latency.count else None,
-            "client_cpu": sampler.cpu_seconds("clients", start, cpu_end) / cpu_span,
-            "publisher_cpu": sampler.cpu_seconds("publisher", start, end) / duration,
-            "redis_cpu": sampler.cpu_seconds("redis", start, cpu_end) / cpu_span
+            "client_cpu": share("clients") / cpu_span,
+            "publisher_cpu": share("publisher", ends=1) / duration,
+            "redis_cpu": share("redis") / cpu_span
             if "redis" in self.services else None,
-            "server_core": sampler.core_busy(self.server_cpus, start, cpu_end),
-            "load_cores": sampler.core_busy(self.load_cpus, start, cpu_end),
+            "server_core": core(self.server_cpus),
+            "load_cores": core(self.load_cpus),
             "rss_start": rss[0] if rss else None,
             "rss_end": rss[-1] if rss else None,
             "rss_series": rss,
@@ -494,7 +532,7 @@ class Run:
         # of the system measured, not others taking it.
         figures["helper_cpu"] = 0.0
         for kind in helpers:
-            helper_cpu = sampler.cpu_seconds(kind, start, cpu_end)
+            helper_cpu = share(kind)
             figures[f"{kind}_cpu"] = helper_cpu / cpu_span
             figures["helper_cpu"] += helper_cpu / cpu_span
         figures.update(self.validity(figures))
