@@ -158,8 +158,11 @@ class DirectWriter:
         self.transport = protocol.transport
         self.socket = protocol.transport.socket
 
-    def write(self, text):
-        """Send ``text`` as one frame; False if the caller must send it."""
+    def write(self, text, frame=None):
+        """
+        Send ``text`` as one frame (``frame``, when the caller has it already
+        from ``text_frame()``); False if the caller must send it.
+        """
         protocol, transport = self.protocol, self.transport
         if (
             protocol.state != protocol.STATE_OPEN
@@ -169,8 +172,8 @@ class DirectWriter:
             or transport.offset < len(transport.dataBuffer)
         ):
             return False
-        payload = text.encode()
-        frame = _text_frame_header(len(payload)) + payload
+        if frame is None:
+            frame = text_frame(text)
         try:
             sent = self.socket.send(frame)
         except BlockingIOError:
@@ -183,13 +186,17 @@ class DirectWriter:
         return True
 
 
-def _text_frame_header(length):
-    """A final, unmasked text frame's header (RFC 6455, section 5.2)."""
+def text_frame(text):
+    """``text`` as a final, unmasked text frame (RFC 6455, section 5.2)."""
+    payload = text.encode()
+    length = len(payload)
     if length < 126:
-        return bytes((0x81, length))
-    if length < 65536:
-        return bytes((0x81, 126)) + length.to_bytes(2, "big")
-    return bytes((0x81, 127)) + length.to_bytes(8, "big")
+        header = bytes((0x81, length))
+    elif length < 65536:
+        header = bytes((0x81, 126)) + length.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + length.to_bytes(8, "big")
+    return header + payload
 
 
 def direct_writer(scope):

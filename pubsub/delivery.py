@@ -5,7 +5,8 @@ publications and status frames, each through the connection's bounded outbox
 read cost it.
 
 A publication arrives from the hub already encoded, once per process; a
-connection only splices its subscription id in (``Subscription.frame``).
+connection only splices its subscription id in (``Subscription.frame``), and
+connections whose subscriptions share an id share that frame (``Fanout``).
 While a subscription catches up on history, live publications wait in its
 ``pending`` list, so that the client gets each seq once and in order.
 """
@@ -32,6 +33,50 @@ def encode(frame):
 def seq_of(message):
     """The seq of a publication as published, without decoding it all."""
     return int(message[7 : message.index(",", 7)])
+
+
+class Fanout:
+    """
+    The frames of the publication the hub is handing out. The hub gives the
+    same message to each member in turn, and pages mostly choose the same
+    subscription ids, so a frame is built and encoded once per publication
+    and id, not once per connection. Only the newest message is kept.
+    """
+
+    #: Distinct ids kept per publication; connections beyond build their own.
+    LIMIT = 64
+
+    __slots__ = ("message", "seq", "frames")
+
+    def __init__(self):
+        self.message = None
+        self.seq = 0
+        self.frames = {}
+
+    def seq_of(self, message):
+        if message is not self.message:
+            # Identity, not equality: the hub hands out one string object per
+            # publication, and this reference keeps it from being reused.
+            self.message = message
+            self.seq = seq_of(message)
+            self.frames = {}
+        return self.seq
+
+    def frame(self, subscription, message):
+        """
+        ``(text, wire bytes)`` of ``message`` for ``subscription``; call
+        ``seq_of(message)`` first.
+        """
+        frame = self.frames.get(subscription.id_json)
+        if frame is None:
+            text = subscription.frame(message)
+            frame = (text, backpressure.text_frame(text))
+            if len(self.frames) < self.LIMIT:
+                self.frames[subscription.id_json] = frame
+        return frame
+
+
+_fanout = Fanout()
 
 
 class Subscription:
@@ -230,7 +275,7 @@ class Delivery:
                 else:
                     self.deliver_status(subscription, message)
             return
-        seq = seq_of(message)
+        seq = _fanout.seq_of(message)
         for subscription in siblings.values():
             if subscription.syncing:
                 self.hold(subscription, seq, message)
@@ -239,8 +284,10 @@ class Delivery:
                 # (a reconnect): fetch them from the history first.
                 subscription.pending = [(seq, message)]
                 self.spawn(self.fill_gap(subscription))
-            else:
-                self.deliver_one(subscription, seq, message)
+            elif seq > subscription.last_seq:
+                subscription.last_seq = seq
+                text, frame = _fanout.frame(subscription, message)
+                self.enqueue(subscription, text, seq, frame)
 
     def hold(self, subscription, seq, message):
         """
@@ -296,7 +343,11 @@ class Delivery:
     def send_frame(self, frame):
         self.enqueue(None, encode(frame))
 
-    def enqueue(self, subscription, text, seq=None):
+    def enqueue(self, subscription, text, seq=None, frame=None):
+        """
+        Send ``text`` (and ``frame``, its wire bytes, when the caller has them)
+        for ``subscription`` (None for a reply to the connection).
+        """
         if self.closing:
             return
         # Straight to the socket when nothing is queued before this frame
@@ -306,7 +357,7 @@ class Delivery:
             and not self.writing
             and not self.outbox
             and not self.outbox.gaps
-            and self.direct.write(text)
+            and self.direct.write(text, frame)
         ):
             return
         if self.outbox.put(subscription, text, seq):

@@ -55,6 +55,31 @@ async def test_publication_reaches_subscriber_with_seq(node):
     await client.disconnect()
 
 
+async def test_connections_sharing_an_id_each_get_their_own_frame(node):
+    """
+    The frames of one publication are built once per subscription id and
+    shared by the connections using it; each still gets its id, in order.
+    """
+    ids = ["a", "a", "b", "a", "ü"]
+    clients = [await connect() for _ in ids]
+    for client, id in zip(clients, ids):
+        await subscribe(client, id, {"room": "shared"})
+    topic = Topic.of("chat", {"room": "shared", "size": 1})
+
+    for text in ("one", "two"):
+        await apublish(topic, {"text": text})
+
+    for client, id in zip(clients, ids):
+        frames = await receive_until(client, "data")
+        frames += await receive_until(client, "data")
+        data = [f for f in frames if f["op"] == "data"]
+        assert [(f["id"], f["seq"], f["data"]["text"]) for f in data] == [
+            (id, 1, "one"),
+            (id, 2, "two"),
+        ]
+        await client.disconnect()
+
+
 async def test_bad_frames_get_errors_and_connection_survives(node):
     """Unknown source, bad params and malformed frames are answered, not fatal."""
     client = await connect()

@@ -1,6 +1,7 @@
 """
 backpressure.DirectWriter: text frames written straight to a socket, as RFC
-6455 frames them, and only while nothing else is waiting to be sent.
+6455 frames them, and only while nothing else is waiting to be sent; and the
+frames a publication's fan-out builds for them.
 """
 import socket
 import threading
@@ -8,6 +9,8 @@ import threading
 import pytest
 
 from pubsub.backpressure import DirectWriter
+from pubsub.delivery import Fanout, Subscription
+from pubsub.topics import Topic
 
 
 class Transport:
@@ -98,3 +101,30 @@ def test_nothing_is_written_past_what_waits_or_a_closed_socket(pair, change):
     client.setblocking(False)
     with pytest.raises(BlockingIOError):
         client.recv(10)
+
+
+def test_a_fanout_builds_each_ids_frame_once_per_publication():
+    topic = Topic.of("chat", {"room": "x"})
+    first = '{"seq":7,"data":"x"}'
+    second = '{"seq":8,"data":"y"}'
+    a1, a2, b = (Subscription(id, topic, None) for id in ("a", "a", "b"))
+    fanout = Fanout()
+
+    assert fanout.seq_of(first) == 7
+    text, frame = fanout.frame(a1, first)
+    assert text == '{"op":"data","id":"a","seq":7,"data":"x"}'
+    assert frame == b"\x81" + bytes((len(text),)) + text.encode()
+    assert fanout.frame(a2, first)[1] is frame
+    assert fanout.frame(b, first)[0] == '{"op":"data","id":"b","seq":7,"data":"x"}'
+
+    # The next publication starts afresh.
+    assert fanout.seq_of(second) == 8
+    assert fanout.frame(a2, second)[0] == '{"op":"data","id":"a","seq":8,"data":"y"}'
+
+    # Past LIMIT distinct ids, frames are built but not kept.
+    many = [Subscription(str(n), topic, None) for n in range(Fanout.LIMIT + 5)]
+    for subscription in many:
+        fanout.frame(subscription, second)
+    assert len(fanout.frames) == Fanout.LIMIT
+    last = many[-1]
+    assert fanout.frame(last, second)[0].startswith('{"op":"data","id":"%s"' % last.id)
