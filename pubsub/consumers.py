@@ -298,15 +298,22 @@ class SubscriptionConsumer(Delivery, AsyncWebsocketConsumer):
         siblings = self.by_topic.setdefault(topic.key, {})
         siblings[id] = subscription
         self.subscriptions[id] = subscription
+
+        # The reads that begin the catch-up share the counting round trip.
+        def read(pipe):
+            self.queue_catch_up(pipe, subscription, since, announce=True)
+
         try:
-            await self.node.subscribe(topic, self, join=len(siblings) == 1)
+            replies = await self.node.subscribe(
+                topic, self, join=len(siblings) == 1, read=read
+            )
         except BaseException:
             self.forget(subscription)
             raise
 
         # Reply, then what the client missed or the latest value, then live.
         try:
-            await self.catch_up(subscription, since, announce=True)
+            await self.caught_up(subscription, since, True, replies)
         except Exception:
             await self.abandon(subscription)
             raise

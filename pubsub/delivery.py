@@ -146,19 +146,32 @@ class Delivery:
         so that a long resume neither overflows a reader that keeps up nor
         holds up the frames the client sends meanwhile.
         """
+        async with async_client().pipeline(transaction=False) as pipe:
+            self.queue_catch_up(pipe, subscription, since, announce)
+            replies = await pipe.execute(raise_on_error=False)
+        await self.caught_up(subscription, since, announce, replies)
+
+    def queue_catch_up(self, pipe, subscription, since, announce):
+        """
+        Queue the reads a catch-up starts with on ``pipe``: the ends of the
+        history, and the source's state for the reply. A subscribe queues them
+        on the round trip that counts the subscription.
+        """
         keys = Keys()
         key = keys.history(subscription.topic.key)
-        client = async_client()
+        pipe.xrevrange(key, count=1)
+        if since is not None:
+            pipe.xrange(key, count=1)
+        if announce:
+            pipe.hget(keys.states, subscription.topic.key)
+
+    async def caught_up(self, subscription, since, announce, replies):
+        """The rest of ``catch_up()``, given the replies of its reads."""
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        key = Keys().history(subscription.topic.key)
         page = self.replay_page()
-        # The ends of the history, and the source's state for the reply, in
-        # one round trip.
-        async with client.pipeline(transaction=False) as pipe:
-            pipe.xrevrange(key, count=1)
-            if since is not None:
-                pipe.xrange(key, count=1)
-            if announce:
-                pipe.hget(keys.states, subscription.topic.key)
-            replies = await pipe.execute()
         newest = entries = replies[0]
         resumed = None
         if since is not None:
@@ -167,7 +180,9 @@ class Delivery:
             oldest_seq = int(oldest[0][0].split("-")[0]) if oldest else 1
             resumed = oldest_seq <= since + 1 and since <= newest_seq
             if resumed:
-                entries = await client.xrange(key, min=f"{since + 1}-0", count=page)
+                entries = await async_client().xrange(
+                    key, min=f"{since + 1}-0", count=page
+                )
                 subscription.last_seq = since
         if announce:
             self.announce(subscription, resumed, replies[-1])

@@ -57,22 +57,25 @@ class Node:
         self.connections.discard(connection)
         self.registry.connections = len(self.connections)
 
-    async def subscribe(self, topic, member, join):
+    async def subscribe(self, topic, member, join, read=None):
         """
         Count one subscription of ``member`` to ``topic``; ``join`` says it is
         the member's first on that topic, so it must join the hub too. Starts
         the topic's source when this is the first subscription anywhere.
+        ``read(pipe)`` may queue reads for the round trip that counts it;
+        returns their replies (see ``SubscriptionRegistry.add_and_read``).
         """
         if join:
             await self.hub.join(topic.key, member)
         try:
-            first = await self.registry.add(topic)
+            first, replies = await self.registry.add_and_read(topic, read)
         except BaseException:
             if join:
                 await self.hub.leave(topic.key, member)
             raise
         if first:
             await start_source(topic)
+        return replies
 
     async def unsubscribe(self, topic, member, leave):
         if leave:

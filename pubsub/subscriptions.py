@@ -198,24 +198,42 @@ class SubscriptionRegistry:
 
     async def add(self, topic):
         """Count one subscription; True when the caller must start the source."""
+        first, _ = await self.add_and_read(topic)
+        return first
+
+    async def add_and_read(self, topic, read=None):
+        """
+        Count one subscription, and run the reads that ``read(pipe)`` queues
+        in the same round trip, after the count. Returns whether the caller
+        must start the source, and the replies of those reads: a read that
+        failed has its exception there, since the count stands regardless.
+        """
         # Registering writes the local counts, which must not hold this
         # subscription yet: ADD counts it, and only ADD tells it is the first.
         await self._ensure_registered()
         self.local[topic.key] += 1
         self.topics[topic.key] = topic
         try:
-            total, first = await self._run(
-                ADD,
-                self._table_keys(),
-                [self.process_id, topic.key, topic_json(topic), now_ms()],
-            )
+            async with async_client().pipeline(transaction=False) as pipe:
+                queue_script(
+                    pipe,
+                    ADD,
+                    self._table_keys(),
+                    [self.process_id, topic.key, topic_json(topic), now_ms()],
+                )
+                if read is not None:
+                    read(pipe)
+                counted, *replies = await pipe.execute(raise_on_error=False)
+            if isinstance(counted, Exception):
+                raise counted
         except BaseException:
             self._uncount(topic.key)
             self._mark_unsure()
             raise
+        total, first = counted
         if total == LEASE_LOST:
-            return topic.key in await self.restore()
-        return bool(first)
+            return topic.key in await self.restore(), replies
+        return bool(first), replies
 
     async def remove(self, topic):
         """Uncount one subscription; True when nobody in the cluster is left."""
