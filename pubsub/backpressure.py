@@ -158,10 +158,11 @@ class DirectWriter:
         self.transport = protocol.transport
         self.socket = protocol.transport.socket
 
-    def write(self, text, frame=None):
+    def write(self, text, shared=None):
         """
-        Send ``text`` as one frame (``frame``, when the caller has it already
-        from ``text_frame()``); False if the caller must send it.
+        Send ``text`` as one frame; False if the caller must send it.
+        ``shared`` is a ``[text, bytes]`` list that writers of the same text
+        share: the frame's bytes are kept there once built.
         """
         protocol, transport = self.protocol, self.transport
         if (
@@ -172,8 +173,12 @@ class DirectWriter:
             or transport.offset < len(transport.dataBuffer)
         ):
             return False
-        if frame is None:
+        if shared is None:
             frame = text_frame(text)
+        else:
+            frame = shared[1]
+            if frame is None:
+                frame = shared[1] = text_frame(text)
         try:
             sent = self.socket.send(frame)
         except BlockingIOError:

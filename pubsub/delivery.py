@@ -39,12 +39,17 @@ class Fanout:
     """
     The frames of the publication the hub is handing out. The hub gives the
     same message to each member in turn, and pages mostly choose the same
-    subscription ids, so a frame is built and encoded once per publication
-    and id, not once per connection. Only the newest message is kept.
+    subscription ids, so a frame is built once per publication and id, not
+    once per connection, and encoded for the socket once, by the first
+    connection that writes it directly. Only the newest publication is kept,
+    and only a small one.
     """
 
     #: Distinct ids kept per publication; connections beyond build their own.
     LIMIT = 64
+    #: Larger publications are not kept: 64 ids of them would pin megabytes
+    #: until the next publication.
+    MAX_LENGTH = 16 * 1024
 
     __slots__ = ("message", "seq", "frames")
 
@@ -54,23 +59,26 @@ class Fanout:
         self.frames = {}
 
     def seq_of(self, message):
-        if message is not self.message:
-            # Identity, not equality: the hub hands out one string object per
-            # publication, and this reference keeps it from being reused.
-            self.message = message
-            self.seq = seq_of(message)
-            self.frames = {}
-        return self.seq
+        if message is self.message:
+            return self.seq
+        seq = seq_of(message)
+        # Identity, not equality: the hub hands out one string object per
+        # publication, and this reference keeps it from being reused.
+        self.frames = {}
+        self.message = message if len(message) <= self.MAX_LENGTH else None
+        self.seq = seq
+        return seq
 
     def frame(self, subscription, message):
         """
-        ``(text, wire bytes)`` of ``message`` for ``subscription``; call
-        ``seq_of(message)`` first.
+        ``[text, wire bytes or None]`` of ``message`` for ``subscription``;
+        ``DirectWriter.write`` fills in the bytes when it first needs them.
         """
+        if message is not self.message:
+            return [subscription.frame(message), None]
         frame = self.frames.get(subscription.id_json)
         if frame is None:
-            text = subscription.frame(message)
-            frame = (text, backpressure.text_frame(text))
+            frame = [subscription.frame(message), None]
             if len(self.frames) < self.LIMIT:
                 self.frames[subscription.id_json] = frame
         return frame
@@ -184,6 +192,9 @@ class Delivery:
                     key, min=f"{since + 1}-0", count=page
                 )
                 subscription.last_seq = since
+                # A first subscriber's source started in between, and the
+                # history may have been trimmed past ``since`` meanwhile.
+                self.count_trimmed(subscription, since, entries)
         if announce:
             self.announce(subscription, resumed, replies[-1])
         self.deliver_history(subscription, entries)
@@ -213,11 +224,8 @@ class Delivery:
                 )
                 if not self.holds(subscription):
                     return
-                if entries and seq_of(entries[0][1]["m"]) > after + 1:
-                    # The history was trimmed while the client read slowly.
-                    self.outbox.count_drop(
-                        subscription, after + 1, seq_of(entries[0][1]["m"]) - after - 1
-                    )
+                # The history may have been trimmed while the client read.
+                self.count_trimmed(subscription, after, entries)
                 self.deliver_history(subscription, entries)
                 if len(entries) < page and not subscription.reread:
                     break
@@ -226,6 +234,17 @@ class Delivery:
             if self.holds(subscription):
                 await self.abandon(subscription)
                 self.fail(subscription.id)
+
+    def count_trimmed(self, subscription, after, entries):
+        """
+        Count as dropped what the history lost between seq ``after`` and
+        ``entries``, read from just after it: the client is told, as for an
+        overflow, and may resubscribe to fetch what is left.
+        """
+        if entries:
+            first = seq_of(entries[0][1]["m"])
+            if first > after + 1:
+                self.outbox.count_drop(subscription, after + 1, first - after - 1)
 
     def deliver_history(self, subscription, entries):
         for _, fields in entries:
@@ -301,8 +320,8 @@ class Delivery:
                 self.spawn(self.fill_gap(subscription))
             elif seq > subscription.last_seq:
                 subscription.last_seq = seq
-                text, frame = _fanout.frame(subscription, message)
-                self.enqueue(subscription, text, seq, frame)
+                frame = _fanout.frame(subscription, message)
+                self.enqueue(subscription, frame[0], seq, frame)
 
     def hold(self, subscription, seq, message):
         """
@@ -360,8 +379,9 @@ class Delivery:
 
     def enqueue(self, subscription, text, seq=None, frame=None):
         """
-        Send ``text`` (and ``frame``, its wire bytes, when the caller has them)
-        for ``subscription`` (None for a reply to the connection).
+        Send ``text`` for ``subscription`` (None for a reply to the
+        connection); ``frame`` is a shared ``[text, wire bytes]`` from
+        ``Fanout``.
         """
         if self.closing:
             return

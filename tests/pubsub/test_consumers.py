@@ -9,7 +9,7 @@ import asyncio
 import json
 
 import pytest
-from pubsub.publishing import apublish
+from pubsub.publishing import apublish, publish
 from pubsub.subscriptions import snapshot
 from pubsub.topics import Topic
 
@@ -286,6 +286,57 @@ async def test_resume_beyond_history_says_so_and_sends_latest(node, registry):
 
     assert reply["resumed"] is False
     assert latest["seq"] == 199
+    await client.disconnect()
+
+
+class FloodingSource(sources.TrackingSource):
+    """Publishes past its history's size as it starts."""
+
+    def start(self, topic):
+        super().start(topic)
+        for n in range(51, 201):
+            publish(topic, n, history_size=self.history_size)
+
+
+async def test_a_resume_tells_what_the_history_lost_while_its_source_started(
+    node, registry
+):
+    """
+    The first subscriber's resume reads the ends of the history, then the
+    source starts, then the history is read from ``since``. A source that
+    publishes past the history's size as it starts trims what the resume
+    was to send: the client is told with an overflow error it can act on,
+    then gets what is left, in order and once each.
+    """
+    registry.add(FloodingSource("flood"))
+    topic = Topic.of("flood", {"room": "x", "size": 1})
+    for n in range(1, 51):
+        await apublish(topic, n, history_size=100)
+    client = await connect()
+
+    await send(
+        client,
+        {"op": "subscribe", "id": "f", "source": "flood", "params": {"room": "x"},
+         "since": 10},
+    )
+    frames = [await receive(client) for _ in range(3)]
+    rest = []
+    while not await client.receive_nothing(timeout=0.3):
+        rest.append(await receive(client))
+    data = [f for f in rest if f["op"] == "data"]
+
+    assert frames[0]["op"] == "subscribed" and frames[0]["resumed"] is True
+    assert frames[1]["op"] == "status"
+    error = frames[2]
+    assert (error["op"], error["code"], error["last_seq"]) == ("error", "overflow", 10)
+    # Redis trims streams approximately: at least the size is kept.
+    first = 11 + error["dropped"]
+    assert 11 < first <= 101
+    assert [f["seq"] for f in data] == list(range(first, 201))
+    # Besides, only the status the first publication brings.
+    assert [(f["op"], f["state"]) for f in rest if f["op"] != "data"] == [
+        ("status", "live")
+    ]
     await client.disconnect()
 
 

@@ -103,7 +103,8 @@ def test_nothing_is_written_past_what_waits_or_a_closed_socket(pair, change):
         client.recv(10)
 
 
-def test_a_fanout_builds_each_ids_frame_once_per_publication():
+def test_a_fanout_builds_each_ids_frame_once_per_publication(pair):
+    server, client = pair
     topic = Topic.of("chat", {"room": "x"})
     first = '{"seq":7,"data":"x"}'
     second = '{"seq":8,"data":"y"}'
@@ -111,15 +112,24 @@ def test_a_fanout_builds_each_ids_frame_once_per_publication():
     fanout = Fanout()
 
     assert fanout.seq_of(first) == 7
-    text, frame = fanout.frame(a1, first)
-    assert text == '{"op":"data","id":"a","seq":7,"data":"x"}'
-    assert frame == b"\x81" + bytes((len(text),)) + text.encode()
-    assert fanout.frame(a2, first)[1] is frame
+    shared = fanout.frame(a1, first)
+    assert shared == ['{"op":"data","id":"a","seq":7,"data":"x"}', None]
+    assert fanout.frame(a2, first) is shared
     assert fanout.frame(b, first)[0] == '{"op":"data","id":"b","seq":7,"data":"x"}'
+
+    # The first direct write encodes the frame once for every writer of it.
+    writer = DirectWriter(Protocol(Transport(server)))
+    assert writer.write(shared[0], shared)
+    wire = shared[1]
+    assert wire == b"\x81" + bytes((len(shared[0]),)) + shared[0].encode()
+    assert writer.write(shared[0], shared) and shared[1] is wire
+    assert read_frame(client) == read_frame(client) == (0x81, shared[0].encode())
 
     # The next publication starts afresh.
     assert fanout.seq_of(second) == 8
     assert fanout.frame(a2, second)[0] == '{"op":"data","id":"a","seq":8,"data":"y"}'
+    # A message other than the one being handed out is never served from it.
+    assert fanout.frame(a2, first)[0] == '{"op":"data","id":"a","seq":7,"data":"x"}'
 
     # Past LIMIT distinct ids, frames are built but not kept.
     many = [Subscription(str(n), topic, None) for n in range(Fanout.LIMIT + 5)]
@@ -128,3 +138,9 @@ def test_a_fanout_builds_each_ids_frame_once_per_publication():
     assert len(fanout.frames) == Fanout.LIMIT
     last = many[-1]
     assert fanout.frame(last, second)[0].startswith('{"op":"data","id":"%s"' % last.id)
+
+    # A large publication is not kept at all.
+    large = '{"seq":9,"data":"%s"}' % ("z" * Fanout.MAX_LENGTH)
+    assert fanout.seq_of(large) == 9
+    assert fanout.frame(a1, large) is not fanout.frame(a2, large)
+    assert fanout.message is None and not fanout.frames
