@@ -415,8 +415,9 @@ class Delivery:
     def overflow_frame(self, subscription, dropped, last_seq):
         """
         The error telling a subscription that ``dropped`` publications after
-        seq ``last_seq`` were lost; subscribing again with that ``since``
-        brings them back from the topic's history.
+        seq ``last_seq`` were lost (its outbox overflowed, or a resume found
+        the history trimmed past them); subscribing again with that ``since``
+        brings back what the topic's history still holds.
         """
         self.note_error(
             ErrorCode.OVERFLOW, f"dropped {dropped} for {subscription.id!r}"
@@ -427,7 +428,8 @@ class Delivery:
                 "id": subscription.id,
                 "code": ErrorCode.OVERFLOW,
                 "message": f"{dropped} publications after seq {last_seq} were "
-                "dropped because the connection reads too slowly",
+                "dropped: the connection read too slowly, or the topic's history "
+                "no longer held them",
                 "dropped": dropped,
                 "last_seq": last_seq,
             }

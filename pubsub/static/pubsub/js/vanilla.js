@@ -564,10 +564,11 @@ export class VanillaClient {
   }
 
   /**
-   * The server dropped publications of `topic` after seq `since` because the
-   * page read too slowly. End that server subscription and start another,
-   * under a new id, that replays them from the topic's history; whatever is
-   * still on its way for the old id is ignored.
+   * The server dropped publications of `topic` after seq `since`: the page
+   * read too slowly, or a resume found them trimmed from the history. End
+   * that server subscription and start another, under a new id, that
+   * replays what the topic's history still holds; whatever is still on its
+   * way for the old id is ignored.
    */
   #resumeAfterGap(topic, since) {
     if (!Number.isInteger(since)) return;
