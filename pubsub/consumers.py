@@ -10,6 +10,7 @@ Every frame to the client goes through one bounded outbox, so replies,
 history and live publications keep their order and a slow reader meets its
 source's overflow policy instead of growing memory.
 """
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -44,6 +45,9 @@ from .topics import Topic, canonical_json
 
 logger = logging.getLogger(__name__)
 
+#: Seconds a cancelled connection may take to uncount its subscriptions.
+CLEANUP_TIMEOUT = 5.0
+
 
 class SubscriptionConsumer(Delivery, AsyncWebsocketConsumer):
     """Speaks the subscription protocol; knows sources only by name."""
@@ -69,6 +73,23 @@ class SubscriptionConsumer(Delivery, AsyncWebsocketConsumer):
                 await self.dispatch(await receive())
         except StopConsumer:
             pass
+        except asyncio.CancelledError:
+            # daphne cancels an application still running some seconds after
+            # its client left (application_close_timeout), say one whose
+            # subscribe waits on a slow source start, and at shutdown. Its
+            # disconnect was never handled: uncount what it holds, shielded
+            # from the cancellation and bounded, so that no count outlives it.
+            if getattr(self, "live", False):
+                try:
+                    await asyncio.wait_for(
+                        asyncio.shield(self.disconnect(None)), CLEANUP_TIMEOUT
+                    )
+                except (asyncio.TimeoutError, asyncio.CancelledError):
+                    logger.warning(
+                        "%s was cancelled before it uncounted its subscriptions",
+                        self.channel_name,
+                    )
+            raise
 
     async def dispatch(self, message):
         """
@@ -293,7 +314,7 @@ class SubscriptionConsumer(Delivery, AsyncWebsocketConsumer):
         )
         topic = Topic.of(source.name, params)
 
-        # Count it, join the hub, start the source if nobody watched it.
+        # Count it and join the hub.
         subscription = Subscription(id, topic, source)
         siblings = self.by_topic.setdefault(topic.key, {})
         siblings[id] = subscription
@@ -304,15 +325,20 @@ class SubscriptionConsumer(Delivery, AsyncWebsocketConsumer):
             self.queue_catch_up(pipe, subscription, since, announce=True)
 
         try:
-            replies = await self.node.subscribe(
+            first, replies = await self.node.subscribe(
                 topic, self, join=len(siblings) == 1, read=read
             )
         except BaseException:
             self.forget(subscription)
             raise
 
-        # Reply, then what the client missed or the latest value, then live.
+        # Counted: from here on a failure uncounts it (abandon), and so does
+        # the connection's cleanup if this handler is cancelled. Start the
+        # source if nobody watched it; reply, then what the client missed or
+        # the latest value, then live.
         try:
+            if first:
+                await self.node.start(topic)
             await self.caught_up(subscription, since, True, replies)
         except Exception:
             await self.abandon(subscription)

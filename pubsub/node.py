@@ -60,22 +60,24 @@ class Node:
     async def subscribe(self, topic, member, join, read=None):
         """
         Count one subscription of ``member`` to ``topic``; ``join`` says it is
-        the member's first on that topic, so it must join the hub too. Starts
-        the topic's source when this is the first subscription anywhere.
-        ``read(pipe)`` may queue reads for the round trip that counts it;
-        returns their replies (see ``SubscriptionRegistry.add_and_read``).
+        the member's first on that topic, so it must join the hub too.
+        ``read(pipe)`` may queue reads for the round trip that counts it.
+        Returns whether this is the first subscription anywhere, when the
+        caller must ``start()`` the topic's source, and the replies of the
+        reads (see ``SubscriptionRegistry.add_and_read``).
         """
         if join:
             await self.hub.join(topic.key, member)
         try:
-            first, replies = await self.registry.add_and_read(topic, read)
+            return await self.registry.add_and_read(topic, read)
         except BaseException:
             if join:
                 await self.hub.leave(topic.key, member)
             raise
-        if first:
-            await start_source(topic)
-        return replies
+
+    async def start(self, topic):
+        """Start ``topic``'s source; its failures reach the subscribers."""
+        return await start_source(topic)
 
     async def unsubscribe(self, topic, member, leave):
         if leave:

@@ -7,6 +7,7 @@ hub, the subscription registry and the history are the real ones in Redis.
 
 import asyncio
 import json
+import threading
 
 import pytest
 from pubsub.publishing import apublish, publish
@@ -338,6 +339,46 @@ async def test_a_resume_tells_what_the_history_lost_while_its_source_started(
         ("status", "live")
     ]
     await client.disconnect()
+
+
+class SlowStartSource(sources.TrackingSource):
+    """Takes its time to start; ``entered`` is set once it has begun."""
+
+    def __init__(self, name):
+        super().__init__(name)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def start(self, topic):
+        self.entered.set()
+        self.release.wait(5)
+        super().start(topic)
+
+
+async def test_a_connection_cancelled_mid_subscribe_leaves_no_count(node, registry):
+    """
+    daphne cancels an application that is still busy some seconds after its
+    client left, such as one whose first subscriber waits on a slow source
+    start. Every subscription it counted is uncounted all the same, the one
+    being started included.
+    """
+    slow = registry.add(SlowStartSource("slow"))
+    client = await connect()
+    await subscribe(client, "a", {"room": "other"})
+    await send(client, {"op": "subscribe", "id": "s", "source": "slow",
+                        "params": {"room": "x"}})
+    slow_key = Topic.of("slow", {"room": "x", "size": 1}).key
+    other_key = Topic.of("chat", {"room": "other", "size": 1}).key
+    assert await asyncio.to_thread(slow.entered.wait, 3)
+    assert snapshot()["counts"] == {slow_key: 1, other_key: 1}
+
+    client.future.cancel()
+    slow.release.set()
+    for _ in range(100):
+        if not snapshot()["counts"]:
+            break
+        await asyncio.sleep(0.02)
+    assert snapshot()["counts"] == {}
 
 
 async def test_new_subscriber_gets_latest_value_at_once(node):
