@@ -232,7 +232,14 @@ class SubscriptionRegistry:
             raise
         total, first = counted
         if total == LEASE_LOST:
-            return topic.key in await self.restore(), replies
+            try:
+                starts = await self.restore()
+            except BaseException:
+                # Uncounted here too, or the next restore would write it.
+                self._uncount(topic.key)
+                self._mark_unsure()
+                raise
+            return topic.key in starts, replies
         return bool(first), replies
 
     async def remove(self, topic):

@@ -3,6 +3,7 @@ import asyncio
 
 import pytest
 
+from pubsub.connection import Keys, sync_client
 from pubsub.subscriptions import SubscriptionRegistry, snapshot
 from pubsub.topics import Topic
 
@@ -33,4 +34,30 @@ async def test_concurrent_first_subscriptions_count_once_each(registry):
 
     assert sum(firsts) == 3
     assert snapshot()["counts"] == {topic.key: 3 for topic in topics[:3]}
+    await subscriptions.close()
+
+
+async def test_a_subscription_whose_restore_failed_is_not_written_later(registry):
+    """
+    A subscription that finds the process's lease lost restores the whole
+    process. If that restore fails, the subscription fails and must not be
+    counted by the restore that succeeds next.
+    """
+    subscriptions = SubscriptionRegistry()
+    kept = Topic.of("chat", {"room": "kept"})
+    failed = Topic.of("chat", {"room": "failed"})
+    await subscriptions.add(kept)
+    sync_client().zrem(Keys().processes, subscriptions.process_id)
+    restore = subscriptions.restore
+
+    async def unreachable(reason="lease lost"):
+        subscriptions.restore = restore
+        raise ConnectionError("Redis went away")
+
+    subscriptions.restore = unreachable
+    with pytest.raises(ConnectionError):
+        await subscriptions.add(failed)
+    await subscriptions.renew()
+
+    assert snapshot()["counts"] == {kept.key: 1}
     await subscriptions.close()
