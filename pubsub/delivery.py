@@ -318,10 +318,8 @@ class Delivery:
                 # (a reconnect): fetch them from the history first.
                 subscription.pending = [(seq, message)]
                 self.spawn(self.fill_gap(subscription))
-            elif seq > subscription.last_seq:
-                subscription.last_seq = seq
-                frame = _fanout.frame(subscription, message)
-                self.enqueue(subscription, frame[0], seq, frame)
+            else:
+                self.deliver_one(subscription, seq, message)
 
     def hold(self, subscription, seq, message):
         """
@@ -360,7 +358,8 @@ class Delivery:
         if seq <= subscription.last_seq:
             return
         subscription.last_seq = seq
-        self.enqueue(subscription, subscription.frame(message), seq)
+        frame = _fanout.frame(subscription, message)
+        self.enqueue(subscription, frame[0], seq, frame)
 
     def send_status(self, subscription, state, message):
         frame = {
