@@ -315,20 +315,15 @@ async def test_a_resume_tells_what_the_history_lost_while_its_source_started(
         await apublish(topic, n, history_size=100)
     client = await connect()
 
-    await send(
-        client,
-        {"op": "subscribe", "id": "f", "source": "flood", "params": {"room": "x"},
-         "since": 10},
-    )
-    frames = [await receive(client) for _ in range(3)]
+    reply, status = await subscribe(client, "f", {"room": "x"}, "flood", since=10)
+    error = await receive(client)
     rest = []
     while not await client.receive_nothing(timeout=0.3):
         rest.append(await receive(client))
     data = [f for f in rest if f["op"] == "data"]
 
-    assert frames[0]["op"] == "subscribed" and frames[0]["resumed"] is True
-    assert frames[1]["op"] == "status"
-    error = frames[2]
+    assert reply["op"] == "subscribed" and reply["resumed"] is True
+    assert status["op"] == "status"
     assert (error["op"], error["code"], error["last_seq"]) == ("error", "overflow", 10)
     # Redis trims streams approximately: at least the size is kept.
     first = 11 + error["dropped"]
