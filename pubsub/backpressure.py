@@ -212,4 +212,8 @@ def direct_writer(scope):
         protocol, "_perMessageCompress"
     ):
         return None
+    if getattr(transport, "socket", None) is None:
+        # The client left before its consumer started: Twisted has let go of
+        # the socket, and the disconnect is on its way.
+        return None
     return DirectWriter(protocol)

@@ -12,6 +12,21 @@ import struct
 TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 
 
+def handshake(port, *headers):
+    """The bytes of a websocket handshake request to ``port``."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    lines = [
+        "GET /ws/ HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+        *headers,
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
 class RawClient:
     def __init__(self, port, origin=None, receive_buffer=None, headers=()):
         self.sock = socket.socket()
@@ -24,18 +39,7 @@ class RawClient:
         self.handshake(port, origin or f"http://127.0.0.1:{port}", headers)
 
     def handshake(self, port, origin, headers):
-        key = base64.b64encode(os.urandom(16)).decode()
-        lines = [
-            "GET /ws/ HTTP/1.1",
-            f"Host: 127.0.0.1:{port}",
-            "Upgrade: websocket",
-            "Connection: Upgrade",
-            f"Sec-WebSocket-Key: {key}",
-            "Sec-WebSocket-Version: 13",
-            f"Origin: {origin}",
-            *headers,
-        ]
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self.sock.sendall(handshake(port, f"Origin: {origin}", *headers))
         while b"\r\n\r\n" not in self.buffer:
             self.buffer += self.recv()
         head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)

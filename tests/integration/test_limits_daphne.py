@@ -5,6 +5,7 @@ connection maximum, Origins, sessions and tokens over real handshakes.
 The daphne processes serve the sources of ``tests.guarded_sources``.
 """
 import asyncio
+import socket
 import time
 
 import pytest
@@ -19,7 +20,8 @@ from pubsub.models import AccessToken
 from pubsub.publishing import apublish
 from pubsub.topics import Topic
 
-from ..rawclient import BINARY, TEXT, RawClient
+from .. import slow_sessions
+from ..rawclient import BINARY, TEXT, RawClient, handshake
 from ..wsclient import Client
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -283,6 +285,28 @@ async def test_a_browser_session_signs_the_websocket_in(server):
     assert (await first_reply(anonymous, "members"))["code"] == "forbidden"
     for client in (signed_in, anonymous):
         await client.close()
+
+
+def test_a_client_that_leaves_while_being_signed_in_leaves_no_error(processes):
+    """
+    The connection is gone, socket and all, by the time its consumer starts:
+    each client here leaves while its session (a slow one) is read.
+    """
+    server = processes.daphne(
+        extra_env={
+            "DJANGO_SETTINGS_MODULE": "tests.guarded_settings",
+            "VANILLA_TEST_SLOW_SESSIONS": "1",
+        }
+    )
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", server.port)) as leaving:
+            leaving.sendall(handshake(server.port, "Cookie: sessionid=" + "a" * 32))
+            time.sleep(0.1)
+    time.sleep(3 * slow_sessions.DELAY + 0.5)
+
+    client = subscribed_raw(server, "ticker")
+    client.close()
+    assert "Traceback" not in server.log() and " ERROR " not in server.log()
 
 
 async def test_a_token_signs_in_and_revoking_it_closes_the_connection(server):
