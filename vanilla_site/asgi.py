@@ -1,8 +1,8 @@
 """
 The ASGI entry point daphne serves: HTTP goes to Django, websockets to
 Pub-Sub through, from the outside in: the socket probe (``pubsub.backpressure``,
-outermost, as it needs daphne's own ``send``), the Origin check, session
-authentication, access-token authentication (``pubsub.auth``).
+outermost, as it needs daphne's own ``send``), the Origin check, and sign-in
+by access token or session (``pubsub.auth``).
 """
 
 import gc
@@ -13,10 +13,9 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vanilla_site.settings")
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from pubsub.auth import OriginValidator, TokenAuthMiddleware  # noqa: E402
+from pubsub.auth import OriginValidator, SignInMiddleware  # noqa: E402
 from pubsub.backpressure import SocketMiddleware  # noqa: E402
 from pubsub.routing import websocket_urlpatterns  # noqa: E402
 
@@ -25,9 +24,7 @@ application = ProtocolTypeRouter(
         "http": django_asgi_app,
         "websocket": SocketMiddleware(
             OriginValidator.for_allowed_hosts(
-                AuthMiddlewareStack(
-                    TokenAuthMiddleware(URLRouter(websocket_urlpatterns))
-                )
+                SignInMiddleware(URLRouter(websocket_urlpatterns))
             )
         ),
     }

@@ -13,6 +13,7 @@ from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser, Permission
+from django.contrib.sessions.models import Session
 from django.core.management import CommandError, call_command
 from django.test import Client
 from django.utils import timezone
@@ -207,6 +208,41 @@ async def test_a_forged_session_cookie_is_anonymous(guarded, node, users):
 
     assert (await subscribe_reply(client, "members"))["code"] == "forbidden"
     await client.disconnect()
+
+
+async def test_a_session_from_before_a_password_change_is_anonymous(
+    guarded, node, users
+):
+    """Changing the password signs out other sessions, websockets included."""
+    cookie = await sync_to_async(session_cookie)(users.plain)
+    users.plain.set_password("changed")
+    await sync_to_async(users.plain.save)()
+
+    client = await site(headers=[SITE, cookie])
+
+    assert (await subscribe_reply(client, "members"))["code"] == "forbidden"
+    await client.disconnect()
+
+
+async def test_a_session_signed_with_a_fallback_secret_stays_as_it_is(
+    guarded, node, users, settings
+):
+    """
+    After a secret key rotation the browser's session still signs it in, and
+    the websocket leaves it alone: Django's own check would give it a new key
+    that the browser never learns, signing it out.
+    """
+    settings.SECRET_KEY = "the key before the rotation, long enough for a test"
+    cookie = await sync_to_async(session_cookie)(users.plain)
+    key = cookie[1].split(b"=", 1)[1].decode()
+    settings.SECRET_KEY_FALLBACKS = [settings.SECRET_KEY]
+    settings.SECRET_KEY = "the key after the rotation, also long enough for it"
+
+    client = await site(headers=[SITE, cookie])
+
+    await subscribe(client, "m", source="members")
+    await client.disconnect()
+    assert await sync_to_async(Session.objects.filter(session_key=key).exists)()
 
 
 # --- access tokens ----------------------------------------------------------------
