@@ -215,6 +215,8 @@ class Run:
         # overflows it and clients wait out SYN retries of up to 31 s.
         endpoint = f"tcp:port={port}:interface=127.0.0.1:backlog={BACKLOG}"
         daphne = [PYTHON, "-m", "daphne", "-e", endpoint]
+        # Vanilla runs as deployed: daphne with its lighter input queues.
+        vanilla = [PYTHON, "-m", "pubsub.server", "-e", endpoint]
         if kind == "pure":
             argv = [
                 PYTHON, "-m", "bench.baselines.pure",
@@ -225,7 +227,7 @@ class Run:
         elif kind == "channels":
             argv = daphne + ["bench.baselines.channels_app:application"]
         else:
-            argv = daphne + ["vanilla_site.asgi:application"]
+            argv = vanilla + ["vanilla_site.asgi:application"]
         if kind == "vanilla":
             env = self.vanilla_env(prefix)
         else:

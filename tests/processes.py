@@ -107,13 +107,19 @@ class Processes:
         self.started.append(process)
         return process
 
-    def daphne(self, name="daphne", extra_env=None, timeout=30, port=None):
-        """daphne on ``port``, or on a free one; restart one by passing its port."""
+    def daphne(
+        self, name="daphne", extra_env=None, timeout=30, port=None,
+        server="pubsub.server",
+    ):
+        """
+        daphne on ``port``, or on a free one; restart one by passing its port.
+        Vanilla's daphne (``pubsub.server``) unless ``server`` names another.
+        """
         port = port or free_port()
         process = self._start(
             name,
             [
-                sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+                sys.executable, "-m", server, "-b", "127.0.0.1", "-p", str(port),
                 "vanilla_site.asgi:application",
             ],
             extra_env,

@@ -90,7 +90,7 @@ def test_daphne_refuses_to_start_with_the_development_key():
         [
             sys.executable,
             "-m",
-            "daphne",
+            "pubsub.server",
             "-b",
             "127.0.0.1",
             "-p",

@@ -287,6 +287,18 @@ async def test_a_browser_session_signs_the_websocket_in(server):
         await client.close()
 
 
+def test_plain_daphne_serves_vanilla_too(processes):
+    """Vanilla's daphne only saves memory: stock daphne serves the same."""
+    server = processes.daphne(
+        extra_env={"DJANGO_SETTINGS_MODULE": "tests.guarded_settings"},
+        server="daphne",
+    )
+
+    client = subscribed_raw(server, "ticker")
+    client.close()
+    assert "Traceback" not in server.log() and " ERROR " not in server.log()
+
+
 def test_a_client_that_leaves_while_being_signed_in_leaves_no_error(processes):
     """
     The connection is gone, socket and all, by the time its consumer starts:
