@@ -14,6 +14,7 @@ Two things stand between a consumer and daphne's websocket protocol:
   outermost application sees daphne's own ``send``, a ``functools.partial``
   over the protocol. ``SocketMiddleware`` notes the protocol in the scope
   under ``SCOPE_KEY``; it must be the outermost websocket application.
+  ``pubsub.server`` notes it as it makes the scope.
 - daphne upgrades an HTTP connection to a websocket without unregistering
   Twisted's ``HTTPChannel``, the transport's producer until then, which would
   stop reading from a client that reads slowly (so its pongs go unread). The
@@ -40,9 +41,11 @@ class SocketMiddleware:
         self.inner = inner
 
     async def __call__(self, scope, receive, send):
-        protocol = _protocol_of(send)
-        if protocol is not None:
-            scope = dict(scope, **{SCOPE_KEY: protocol})
+        # pubsub.server puts it there itself, sparing every connection a copy.
+        if SCOPE_KEY not in scope:
+            protocol = _protocol_of(send)
+            if protocol is not None:
+                scope = dict(scope, **{SCOPE_KEY: protocol})
         return await self.inner(scope, receive, send)
 
 

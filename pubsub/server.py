@@ -5,7 +5,9 @@ daphne gives every connection an ``asyncio.Queue`` for what its application
 receives: three deques and an event with a fourth, allocated up front, about
 4 KB held by every idle websocket (bench scenario 4). daphne only ever puts
 into it without waiting, and an application awaits ``receive`` from one task
-at a time, so a list and the futures of the tasks waiting will do.
+at a time, so a list and the futures of the tasks waiting will do. The
+server also notes a websocket's protocol in its scope as it makes it, where
+``backpressure.SocketMiddleware`` would copy the scope to add it.
 
 Run it where you would run daphne, with daphne's arguments::
 
@@ -18,6 +20,8 @@ import asyncio
 import functools
 
 from daphne import cli, server
+
+from . import backpressure
 
 
 class InputQueue:
@@ -70,6 +74,9 @@ class Server(server.Server):
         assert "application_instance" not in self.connections[protocol]
         queue = InputQueue()
         scope.setdefault("asgi", {"version": "3.0"})
+        if scope["type"] == "websocket":
+            # What backpressure.SocketMiddleware would copy the scope to add.
+            scope[backpressure.SCOPE_KEY] = protocol
         instance = self.application(
             scope=scope,
             receive=queue.get,

@@ -5,7 +5,9 @@ loses nothing.
 """
 import asyncio
 import functools
+from types import SimpleNamespace
 
+from pubsub.backpressure import SCOPE_KEY, SocketMiddleware
 from pubsub.server import InputQueue, Server
 
 
@@ -88,7 +90,41 @@ async def test_the_server_starts_each_application_on_an_input_queue():
     assert isinstance(queue, InputQueue)
     [(scope, message, send)] = received
     assert scope["asgi"] == {"version": "3.0"}
+    assert scope[SCOPE_KEY] is protocol
     assert message == {"type": "websocket.connect"}
     # The send SocketMiddleware recognises daphne's protocol by.
     assert isinstance(send, functools.partial) and send.args == (protocol,)
 
+
+
+async def test_http_scopes_are_left_as_daphne_made_them():
+    received = []
+
+    async def application(scope, receive, send):
+        received.append(scope)
+
+    server = Server(application, endpoints=["tcp:port=0:interface=127.0.0.1"])
+    protocol = object()
+    server.connections = {protocol: {}}
+
+    server.create_application(protocol, {"type": "http"})
+    await asyncio.wait_for(server.connections[protocol]["application_instance"], 1)
+
+    assert SCOPE_KEY not in received[0]
+
+
+async def test_the_socket_middleware_passes_a_marked_scope_on_as_it_is():
+    """Under pubsub.server the middleware copies no scope."""
+    seen = []
+
+    async def inner(scope, receive, send):
+        seen.append(scope)
+
+    # As daphne's send would be: a partial over a protocol with a transport.
+    protocol = SimpleNamespace(transport=object())
+    scope = {"type": "websocket", SCOPE_KEY: protocol}
+    send = functools.partial(print, protocol)
+
+    await SocketMiddleware(inner)(scope, None, send)
+
+    assert seen == [scope] and seen[0] is scope
