@@ -27,6 +27,7 @@ from importlib import import_module
 from itertools import chain
 from urllib.parse import parse_qs, urlparse
 
+from asgiref.sync import markcoroutinefunction
 from channels.db import database_sync_to_async
 from channels.security import websocket as channels_websocket
 from django.conf import settings
@@ -128,7 +129,9 @@ class OriginValidator(channels_websocket.OriginValidator):
             allowed = ["localhost", "127.0.0.1", "[::1]"]
         return cls(application, allowed)
 
-    async def __call__(self, scope, receive, send):
+    @markcoroutinefunction
+    def __call__(self, scope, receive, send):
+        # Returns a coroutine without a frame of its own (see SignInMiddleware).
         if scope["type"] != "websocket":
             raise ValueError("OriginValidator guards websockets only")
         origins = [
@@ -138,14 +141,14 @@ class OriginValidator(channels_websocket.OriginValidator):
         ]
         reason = self.refusal(origins)
         if reason is None:
-            return await self.application(scope, receive, send)
+            return self.application(scope, receive, send)
         origin_refusals.warning(
             tuple(origins),
             "refused a websocket from Origin %r: %s",
             origins[0] if len(origins) == 1 else origins,
             reason,
         )
-        await refuse(scope, receive, send, CloseCode.FORBIDDEN)
+        return refuse(scope, receive, send, CloseCode.FORBIDDEN)
 
     def refusal(self, origins):
         """Why these Origin headers are refused, or None."""
@@ -240,8 +243,19 @@ class SignInMiddleware:
     def __init__(self, inner):
         self.inner = inner
 
-    async def __call__(self, scope, receive, send):
+    @markcoroutinefunction
+    def __call__(self, scope, receive, send):
+        # An anonymous connection needs nothing awaited here, so this returns
+        # the inner application's coroutine instead of awaiting it. A
+        # middleware's coroutine would otherwise stay suspended, frame and
+        # all (some 300 bytes), for as long as the connection lives.
         secret = token_from_scope(scope)
+        key = session_key(scope) if secret is None else None
+        if secret is None and key is None:
+            return self.inner(dict(scope, user=ANONYMOUS), receive, send)
+        return self.sign_in(scope, receive, send, secret, key)
+
+    async def sign_in(self, scope, receive, send, secret, key):
         if secret is not None:
             try:
                 token = await database_sync_to_async(authenticate)(secret)
@@ -250,11 +264,7 @@ class SignInMiddleware:
                 return await refuse(scope, receive, send, CloseCode.FORBIDDEN)
             scope = dict(scope, user=token.user, **{GRANT_KEY: token.pk})
         else:
-            key = session_key(scope)
-            if key is None:
-                user = ANONYMOUS
-            else:
-                user = await database_sync_to_async(session_user)(key)
+            user = await database_sync_to_async(session_user)(key)
             scope = dict(scope, user=user)
         return await self.inner(scope, receive, send)
 

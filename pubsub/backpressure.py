@@ -26,6 +26,7 @@ outbox drains at once.
 import functools
 import logging
 
+from asgiref.sync import markcoroutinefunction
 from twisted.internet import tcp
 from twisted.web.http import HTTPChannel
 
@@ -40,13 +41,16 @@ class SocketMiddleware:
     def __init__(self, inner):
         self.inner = inner
 
-    async def __call__(self, scope, receive, send):
-        # pubsub.server puts it there itself, sparing every connection a copy.
+    @markcoroutinefunction
+    def __call__(self, scope, receive, send):
+        # Returns the inner coroutine, holding no frame of its own for the
+        # connection's life (see pubsub.auth.SignInMiddleware).
+        # pubsub.server puts the protocol there itself, sparing a copy.
         if SCOPE_KEY not in scope:
             protocol = _protocol_of(send)
             if protocol is not None:
                 scope = dict(scope, **{SCOPE_KEY: protocol})
-        return await self.inner(scope, receive, send)
+        return self.inner(scope, receive, send)
 
 
 def _protocol_of(send):

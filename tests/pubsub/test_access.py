@@ -9,6 +9,7 @@ import logging
 from types import SimpleNamespace
 
 import pytest
+from asgiref.compatibility import is_double_callable
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
@@ -19,6 +20,7 @@ from django.test import Client
 from django.utils import timezone
 
 from pubsub import auth
+from pubsub.backpressure import SocketMiddleware
 from pubsub.exceptions import SubscriptionForbidden
 from pubsub.models import AccessToken, digest_of
 from vanilla_site.asgi import application
@@ -81,6 +83,19 @@ async def subscribe_reply(client, source, id="x"):
     """The first frame answering a subscribe to ``source``."""
     await send(client, {"op": "subscribe", "id": id, "source": source})
     return await receive(client)
+
+
+def test_the_websocket_middlewares_are_asgi_3_applications():
+    """
+    They return their inner application's coroutine instead of awaiting it,
+    and say so: a server that tells ASGI 2 from 3 takes them for ASGI 3.
+    """
+    for middleware in [
+        SocketMiddleware(application),
+        auth.OriginValidator(application, ["*"]),
+        auth.SignInMiddleware(application),
+    ]:
+        assert not is_double_callable(middleware)
 
 
 # --- Origin ----------------------------------------------------------------------
