@@ -30,14 +30,19 @@ def sync_client():
 
 
 def async_client():
-    """The asyncio client of the running loop (a pool that waits when full)."""
+    """
+    The asyncio client of the running loop: a pool of at most
+    ``VANILLA["REDIS_CONNECTIONS"]``, that waits when all are busy. Redis runs
+    one command at a time, so more connections buy little but memory: a
+    storm of subscribes opened all of 200 before, about 20 KB each.
+    """
     loop = asyncio.get_running_loop()
     client = _async_clients.get(loop)
     if client is None:
         pool = redis.asyncio.BlockingConnectionPool.from_url(
             settings.REDIS_URL,
             decode_responses=True,
-            max_connections=200,
+            max_connections=option("REDIS_CONNECTIONS"),
             timeout=10,
             health_check_interval=30,
         )

@@ -211,6 +211,9 @@ VANILLA = {
     "RATE_BURST": env_number("RATE_BURST", 200),
     # Live connections whose access token was revoked close within this (s).
     "TOKEN_CHECK_INTERVAL": env_number("TOKEN_CHECK_INTERVAL", 2.0, float),
+    # Redis connections a server process opens for commands, beside its one
+    # subscriber connection; more commands wait for one to be free.
+    "REDIS_CONNECTIONS": env_number("REDIS_CONNECTIONS", 32),
     # Seconds between fetches of scheduled sources, by name ("weather=2,...").
     "INTERVALS": {
         name.strip(): float(every)
