@@ -26,15 +26,22 @@ from . import backpressure
 
 class InputQueue:
     """
-    The messages daphne has for one application, oldest first. Only
-    ``put_nowait`` and ``get``, the two calls daphne and its application
-    make, and nothing allocated until a task waits.
+    The messages daphne has for one application, oldest first: ``put_nowait``
+    and ``get``, the two calls daphne and its application make, and
+    ``qsize``. Nothing is allocated until a task waits. A backlog (a request
+    body, frames a busy consumer has not read yet) is read from ``head`` on,
+    and the list compacted once half of it is read, so draining it takes
+    time in proportion to its length, not its square.
+
+    daphne tests the queue for truth (``if self.application_queue``), so it
+    must not get a ``__len__``.
     """
 
-    __slots__ = ("messages", "waiters")
+    __slots__ = ("messages", "head", "waiters")
 
     def __init__(self):
         self.messages = []
+        self.head = 0
         self.waiters = None
 
     def put_nowait(self, message):
@@ -42,7 +49,7 @@ class InputQueue:
         self.wake()
 
     async def get(self):
-        while not self.messages:
+        while self.head == len(self.messages):
             waiter = asyncio.get_running_loop().create_future()
             if self.waiters is None:
                 self.waiters = []
@@ -51,12 +58,27 @@ class InputQueue:
                 await waiter
             except BaseException:
                 # A wake-up this task took with it goes to the next task.
-                if self.messages:
+                if self.head < len(self.messages):
                     self.wake()
                 raise
             finally:
                 self.waiters.remove(waiter)
-        return self.messages.pop(0)
+        return self.take()
+
+    def take(self):
+        messages, head = self.messages, self.head
+        message = messages[head]
+        head += 1
+        if head == len(messages):
+            messages.clear()
+            head = 0
+        elif head > 32 and 2 * head > len(messages):
+            del messages[:head]
+            head = 0
+        else:
+            messages[head - 1] = None
+        self.head = head
+        return message
 
     def wake(self):
         for waiter in self.waiters or ():
@@ -65,7 +87,7 @@ class InputQueue:
                 return
 
     def qsize(self):
-        return len(self.messages)
+        return len(self.messages) - self.head
 
 
 class Server(server.Server):
