@@ -10,11 +10,18 @@ import weakref
 import redis
 import redis.asyncio
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 from .conf import option
 
 _sync_client = None
 _async_clients = weakref.WeakKeyDictionary()
+
+#: Seconds a connect or a command's reply may take before it fails with
+#: redis.TimeoutError. Vanilla runs no blocking commands, so only a Redis
+#: that has stopped answering takes this long; without a limit, it would
+#: hold subscribes, publications and the janitor forever.
+COMMAND_TIMEOUT = 10.0
 
 
 def sync_client():
@@ -25,6 +32,8 @@ def sync_client():
             decode_responses=True,
             health_check_interval=30,
             socket_keepalive=True,
+            socket_timeout=COMMAND_TIMEOUT,
+            socket_connect_timeout=COMMAND_TIMEOUT,
         )
     return _sync_client
 
@@ -39,12 +48,20 @@ def async_client():
     loop = asyncio.get_running_loop()
     client = _async_clients.get(loop)
     if client is None:
+        size = option("REDIS_CONNECTIONS")
+        if not isinstance(size, int) or size < 1:
+            raise ImproperlyConfigured(
+                f"VANILLA['REDIS_CONNECTIONS'] must be a whole number above 0, "
+                f"not {size!r}"
+            )
         pool = redis.asyncio.BlockingConnectionPool.from_url(
             settings.REDIS_URL,
             decode_responses=True,
-            max_connections=option("REDIS_CONNECTIONS"),
+            max_connections=size,
             timeout=10,
             health_check_interval=30,
+            socket_timeout=COMMAND_TIMEOUT,
+            socket_connect_timeout=COMMAND_TIMEOUT,
         )
         client = redis.asyncio.Redis(connection_pool=pool)
         _async_clients[loop] = client
