@@ -10,8 +10,8 @@ applies.
 
 Two things stand between a consumer and daphne's websocket protocol:
 
-- Middlewares wrap ``send`` (channels' session middleware does), so only the
-  outermost application sees daphne's own ``send``, a ``functools.partial``
+- Middlewares may wrap ``send`` (channels' session middleware does), so only
+  the outermost application surely sees daphne's own ``send``, a ``functools.partial``
   over the protocol. ``SocketMiddleware`` notes the protocol in the scope
   under ``SCOPE_KEY``; it must be the outermost websocket application.
   ``pubsub.server`` notes it as it makes the scope.

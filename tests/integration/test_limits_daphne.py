@@ -288,13 +288,18 @@ async def test_a_browser_session_signs_the_websocket_in(server):
 
 
 def test_plain_daphne_serves_vanilla_too(processes):
-    """Vanilla's daphne only saves memory: stock daphne serves the same."""
+    """
+    Vanilla's daphne only saves memory: stock daphne serves the same, socket
+    probe included (it is what refuses a large frame from its header).
+    """
     server = processes.daphne(
         extra_env={"DJANGO_SETTINGS_MODULE": "tests.guarded_settings"},
         server="daphne",
     )
 
     client = subscribed_raw(server, "ticker")
+    client.send_frame(TEXT, b"", announced=2**30)
+    assert client.messages(quiet=5)[1] == 1009
     client.close()
     assert "Traceback" not in server.log() and " ERROR " not in server.log()
 

@@ -28,7 +28,7 @@ from vanilla_site.asgi import application
 from ..guarded_sources import GuardedStream
 from .helpers import closed_with, connect, receive, send, subscribe
 
-# Session and token middleware read the database on every connection.
+# Sign-in reads the database for every cookie or token presented.
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 SITE = (b"origin", b"http://127.0.0.1:8000")
