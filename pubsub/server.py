@@ -28,10 +28,10 @@ class InputQueue:
     """
     The messages daphne has for one application, oldest first: ``put_nowait``
     and ``get``, the two calls daphne and its application make, and
-    ``qsize``. Nothing is allocated until a task waits. A backlog (a request
-    body, frames a busy consumer has not read yet) is read from ``head`` on,
-    and the list compacted once half of it is read, so draining it takes
-    time in proportion to its length, not its square.
+    ``qsize``. The list of waiting tasks is made when one first waits. A
+    backlog (a request body, frames a busy consumer has not read yet) is
+    read from ``head`` on, and the list compacted once half of it is read,
+    so draining it takes time in proportion to its length, not its square.
 
     daphne tests the queue for truth (``if self.application_queue``), so it
     must not get a ``__len__``.
