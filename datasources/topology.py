@@ -347,11 +347,14 @@ class TopologyRunner:
 
 
 @contextlib.contextmanager
-def capture_signals(handler, signums=(signal.SIGINT, signal.SIGTERM)):
-    """Call ``handler()`` on these signals inside the block; restore after."""
+def capture_signals(handler, signums=(signal.SIGINT, signal.SIGTERM), log=logger):
+    """
+    Call ``handler()`` on these signals inside the block, saying so in
+    ``log``; restore the previous handlers after.
+    """
 
     def on_signal(signum, frame):
-        logger.info("received %s; stopping", signal.Signals(signum).name)
+        log.info("received %s; stopping", signal.Signals(signum).name)
         handler()
 
     previous = {signum: signal.signal(signum, on_signal) for signum in signums}

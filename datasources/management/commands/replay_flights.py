@@ -258,7 +258,7 @@ class Command(BaseCommand):
             ", looping" if loop else "",
         )
         began = time.monotonic()
-        with capture_signals(replay.stop):
+        with capture_signals(replay.stop, log=logger):
             try:
                 self._replay(flights, replay, first, limit, loop)
             finally:
