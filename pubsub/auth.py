@@ -233,7 +233,7 @@ class SignInMiddleware:
     invalid token is refused with 4003.
 
     One layer and one copy of the scope in place of channels' cookie, session
-    and auth middlewares, which hold three copies, three coroutines and a
+    and auth middlewares, which hold four copies, three coroutines and a
     session wrapper for the whole life of every connection: some 5 KB each
     (bench scenario 4). The session is read only when a cookie names one,
     and not at all when a token is presented; ``scope["session"]`` is not
