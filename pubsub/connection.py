@@ -24,16 +24,21 @@ _async_clients = weakref.WeakKeyDictionary()
 COMMAND_TIMEOUT = 10.0
 
 
+def _client_options():
+    """What both clients' connections share."""
+    return dict(
+        decode_responses=True,
+        health_check_interval=30,
+        socket_timeout=COMMAND_TIMEOUT,
+        socket_connect_timeout=COMMAND_TIMEOUT,
+    )
+
+
 def sync_client():
     global _sync_client
     if _sync_client is None:
         _sync_client = redis.Redis.from_url(
-            settings.REDIS_URL,
-            decode_responses=True,
-            health_check_interval=30,
-            socket_keepalive=True,
-            socket_timeout=COMMAND_TIMEOUT,
-            socket_connect_timeout=COMMAND_TIMEOUT,
+            settings.REDIS_URL, socket_keepalive=True, **_client_options()
         )
     return _sync_client
 
@@ -55,13 +60,7 @@ def async_client():
                 f"not {size!r}"
             )
         pool = redis.asyncio.BlockingConnectionPool.from_url(
-            settings.REDIS_URL,
-            decode_responses=True,
-            max_connections=size,
-            timeout=10,
-            health_check_interval=30,
-            socket_timeout=COMMAND_TIMEOUT,
-            socket_connect_timeout=COMMAND_TIMEOUT,
+            settings.REDIS_URL, max_connections=size, timeout=10, **_client_options()
         )
         client = redis.asyncio.Redis(connection_pool=pool)
         _async_clients[loop] = client
